@@ -1,0 +1,45 @@
+# One entry point for every routine task. Each target that runs code depends on `setup`,
+# so a fresh machine needs nothing but `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The machine's pip config lists local mirrors that do not hold every package: silence the
+# resulting "Location ... is ignored" noise, keep real errors.
+PIP = $(PY) -m pip install -q --disable-pip-version-check
+DEMO_DIR ?= runs/demo
+DEMO_ROWS ?= 200000
+export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)
+
+# torch goes in first and exactly: the CPU wheel lies on disk, and any looser requirement
+# resolved later would pull a multi-GB CUDA build from the registry.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) --upgrade pip "setuptools>=77" wheel
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[dev]"
+	$(PIP) --no-deps petastorm==0.13.1
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/fm-spark demo --workdir $(DEMO_DIR) --rows $(DEMO_ROWS)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(VENV)/bin/ruff check fm_spark jobs tests
+	$(VENV)/bin/ruff format --check fm_spark jobs tests
+
+bench: setup
+	$(PY) -m fm_spark.bench --out BENCHMARKS.md
+
+clean:
+	rm -rf runs spark-warehouse metastore_db derby.log .pytest_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,149 @@
+"""``fm-spark`` command line: thin wrappers that load config and call into the package.
+
+Heavy imports (Spark, torch, Petastorm) happen inside each command so ``--help`` stays fast.
+Every command that takes ``--config`` also takes ``--set dotted.key=value`` (repeatable).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from fm_spark.config import ConfigError, DatasetConfig, load_config
+
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set encoding.min_count=10 (repeatable).",
+)
+_config_option = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Dataset config YAML (see conf/).",
+)
+
+
+def _load(config_path: str, overrides: tuple[str, ...]) -> DatasetConfig:
+    try:
+        return load_config(config_path, list(overrides))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _emit(summary: dict) -> None:
+    """The one machine-readable line a job prints: schedulers and tests parse it."""
+    click.echo(json.dumps(summary, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fm-spark")
+def main() -> None:
+    """CTR prediction with the factorization-machine family on Spark + PyTorch."""
+
+
+@main.command()
+@click.option("--format", "fmt", default="criteo", show_default=True, help="Log format.")
+@click.option("--rows", type=click.IntRange(min=1), required=True, help="Good rows to write.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="Log file.")
+@click.option(
+    "--bad-fraction",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Malformed lines to add, as a fraction of --rows.",
+)
+def generate(fmt: str, rows: int, seed: int, output: str, bad_fraction: float) -> None:
+    """Write a synthetic click log drawn from a planted model, with its ground truth."""
+    from fm_spark.datagen import generate as run
+
+    try:
+        summary = run(format=fmt, rows=rows, seed=seed, output=output, bad_fraction=bad_fraction)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _emit(summary)
+
+
+@main.command()
+@_config_option
+@click.option("--input", "input_path", required=True, help="Raw log file, folder or glob.")
+@click.option("--output", required=True, help="Output directory (field-indexed Parquet).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing finished output.")
+@_set_option
+def featurize(
+    config_path: str, input_path: str, output: str, overwrite: bool, overrides: tuple[str, ...]
+) -> None:
+    """Raw logs -> field-indexed Parquet (train/valid/test) + feature_map.json."""
+    from fm_spark.features.job import FeaturizeError, featurize as run
+
+    cfg = _load(config_path, overrides)
+    try:
+        summary = run(cfg, input_path, output, overwrite=overwrite)
+    except FeaturizeError as exc:
+        click.echo(f"featurize failed: {exc}", err=True)
+        sys.exit(2)
+    _emit(summary)
+
+
+@main.command()
+@_config_option
+@click.option("--data", "data_dir", required=True, help="Output directory of `featurize`.")
+@click.option(
+    "--model",
+    required=True,
+    type=click.Choice(["lr", "poly2", "fm", "ffm", "fwfm"]),
+    help="Model to train.",
+)
+@click.option("--output", default=None, help="Run directory [default: runs/<dataset>/<model>].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="= --set train.workers")
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="= --set train.device"
+)
+@click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@_set_option
+def train(
+    config_path: str,
+    data_dir: str,
+    model: str,
+    output: str | None,
+    workers: int | None,
+    device: str | None,
+    resume: bool,
+    overrides: tuple[str, ...],
+) -> None:
+    """Train a model on featurized data (Petastorm -> torch; TorchDistributor for >1 worker)."""
+    from fm_spark.train.run import TrainError, train as run
+
+    extra = [f"train.workers={workers}"] if workers else []
+    extra += [f"train.device={device}"] if device else []
+    cfg = _load(config_path, (*overrides, *extra))
+    run_dir = Path(output) if output else Path("runs") / cfg.name / model
+    try:
+        metrics = run(cfg, data_dir=data_dir, model=model, output=run_dir, resume=resume)
+    except TrainError as exc:
+        click.echo(f"train failed: {exc}", err=True)
+        sys.exit(2)
+    _emit(metrics)
+
+
+@main.command()
+@click.option("--workdir", default="runs/demo", show_default=True)
+@click.option("--rows", type=click.IntRange(min=1000), default=200_000, show_default=True)
+@click.option("--model", default="ffm", show_default=True)
+@_set_option
+def demo(workdir: str, rows: int, model: str, overrides: tuple[str, ...]) -> None:
+    """Generate a Criteo-format log, featurize it and train a model, on embedded defaults."""
+    from fm_spark.demo import run_demo
+
+    run_demo(Path(workdir), rows=rows, model=model, overrides=list(overrides))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

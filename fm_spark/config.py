@@ -1,0 +1,334 @@
+"""Configuration as data: one YAML per dataset in ``conf/``, validated into typed objects.
+
+Every job reads the same :class:`DatasetConfig`; the feature job uses ``input``, ``label``,
+``fields``, ``split`` and ``output``; training uses ``train`` and ``models``. Any value can be
+overridden from the command line with ``--set dotted.key=value`` (the value is parsed as YAML,
+so ``--set train.epochs=3`` gives an int and ``--set split.fractions.train=0.7`` a float).
+
+Validation errors name the file, the key and what was expected, because a config is usually
+edited by someone who did not write this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+__all__ = [
+    "ConfigError",
+    "DatasetConfig",
+    "FieldSpec",
+    "InputSpec",
+    "SplitSpec",
+    "TrainSpec",
+    "apply_overrides",
+    "config_hash",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the message is meant for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class InputSpec(_Strict):
+    """How raw lines are read. Text formats keep the raw line so bad ones can be quarantined."""
+
+    format: Literal["tsv", "csv", "jsonl", "parquet"]
+    # Text formats: the column names in file order when there is no header; with
+    # ``header: true`` the first line of each file is checked against them and skipped.
+    columns: list[str] = Field(min_length=1)
+    header: bool = False
+    separator: str | None = None  # default: tab for tsv, comma for csv
+
+    @property
+    def sep(self) -> str:
+        if self.separator is not None:
+            return self.separator
+        return "\t" if self.format == "tsv" else ","
+
+
+class LabelSpec(_Strict):
+    column: str = "label"
+    # Raw strings that mean a click / no click; anything else is quarantined as bad_label.
+    positive: list[str] = ["1"]
+    negative: list[str] = ["0"]
+
+
+class EncodingDefaults(_Strict):
+    """Defaults every field inherits unless it sets its own value."""
+
+    min_count: PositiveInt = 10
+    num_buckets: PositiveInt = 1 << 20
+    num_bins: PositiveInt = 20
+    max_values: PositiveInt = 8
+
+
+FieldKind = Literal["categorical", "numeric", "multi_categorical"]
+Encoding = Literal["vocab", "hash", "log_bins", "quantile_bins", "value"]
+Transform = Literal["none", "yymmddhh_hour", "yymmddhh_weekday"]
+
+_ENCODINGS_BY_KIND: dict[str, tuple[str, ...]] = {
+    "categorical": ("vocab", "hash"),
+    "multi_categorical": ("vocab", "hash"),
+    "numeric": ("log_bins", "quantile_bins", "value"),
+}
+
+
+class FieldSpec(_Strict):
+    """One logical feature field: where it comes from and how it becomes ids.
+
+    Unset encoding parameters (``None``) fall back to the config's ``encoding`` defaults;
+    :meth:`DatasetConfig.resolved_fields` fills them in, so downstream code never sees ``None``
+    for a parameter its encoding uses.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    source: str | None = None  # input column; defaults to ``name``
+    kind: FieldKind
+    encoding: Encoding
+    transform: Transform = "none"
+    # numeric: values must parse as this type, or the row is quarantined (bad_numeric)
+    dtype: Literal["int", "float"] = "float"
+    min_count: PositiveInt | None = None
+    num_buckets: PositiveInt | None = None
+    num_bins: PositiveInt | None = None
+    separator: str | None = None
+    max_values: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _check_encoding(self) -> FieldSpec:
+        allowed = _ENCODINGS_BY_KIND[self.kind]
+        if self.encoding not in allowed:
+            raise ValueError(
+                f"field {self.name!r}: encoding {self.encoding!r} is not valid for kind "
+                f"{self.kind!r} (expected one of {', '.join(allowed)})"
+            )
+        if self.kind == "multi_categorical" and not self.separator:
+            raise ValueError(f"field {self.name!r}: multi_categorical needs a `separator`")
+        if self.kind != "multi_categorical" and self.separator is not None:
+            raise ValueError(f"field {self.name!r}: `separator` only applies to multi_categorical")
+        return self
+
+    @property
+    def input_column(self) -> str:
+        return self.source or self.name
+
+
+class SplitSpec(_Strict):
+    """Train/valid/test assignment. Vocabularies and bins are learned on train only.
+
+    ``hash``: a stable hash of the raw row against the fractions (``seed`` salts the hash).
+    ``time``: by ``column``; either ``cutoffs`` (valid from, test from; compared as strings
+    of the raw column, which orders correctly for fixed-width timestamps such as YYMMDDHH)
+    or ``fractions`` of the time-ordered rows (cut points found with Spark's approxQuantile).
+    """
+
+    method: Literal["hash", "time"] = "hash"
+    fractions: dict[Literal["train", "valid", "test"], float] = {
+        "train": 0.8,
+        "valid": 0.1,
+        "test": 0.1,
+    }
+    seed: int = 42
+    column: str | None = None
+    cutoffs: dict[Literal["valid", "test"], str] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitSpec:
+        if set(self.fractions) != {"train", "valid", "test"}:
+            raise ValueError("split.fractions needs exactly train, valid and test")
+        if any(v < 0 for v in self.fractions.values()) or self.fractions["train"] <= 0:
+            raise ValueError("split.fractions must be >= 0, with train > 0")
+        total = sum(self.fractions.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"split.fractions must sum to 1 (they sum to {total:g})")
+        if self.method == "time" and not self.column:
+            raise ValueError("split.method=time needs split.column")
+        if self.cutoffs is not None and set(self.cutoffs) != {"valid", "test"}:
+            raise ValueError("split.cutoffs needs exactly valid and test")
+        return self
+
+
+class OutputSpec(_Strict):
+    # Petastorm shards by row group: small groups give many shards per split.
+    row_group_rows: PositiveInt = 50_000
+    rows_per_file: PositiveInt = 1_000_000
+
+
+class TrainSpec(_Strict):
+    optimizer: Literal["adam", "adagrad"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)
+    batch_size: PositiveInt = 4096
+    epochs: PositiveInt = 10
+    l2_embed: float = Field(default=0.0, ge=0)
+    l2_linear: float = Field(default=0.0, ge=0)
+    sparse: bool = True
+    early_stopping_metric: Literal["logloss", "auc"] = "logloss"
+    patience: int = Field(default=2, ge=0)
+    seed: int = 0
+    shuffle_buffer: PositiveInt = 100_000
+    workers: PositiveInt = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    reader_pool: Literal["thread", "dummy"] = "thread"
+    reader_workers: PositiveInt = 2
+    log_every_steps: PositiveInt = 50
+
+
+class DatasetConfig(_Strict):
+    name: str
+    input: InputSpec
+    label: LabelSpec = LabelSpec()
+    encoding: EncodingDefaults = EncodingDefaults()
+    fields: list[FieldSpec] = Field(min_length=1)
+    split: SplitSpec = SplitSpec()
+    output: OutputSpec = OutputSpec()
+    max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
+    train: TrainSpec = TrainSpec()
+    # Per-model hyperparameters, keyed by model name (lr, poly2, fm, ffm, fwfm), handed to
+    # ``build_model`` as keyword arguments (which validates them against the model).
+    models: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _check(self) -> DatasetConfig:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate field names: {', '.join(dupes)}")
+        known = set(self.input.columns)
+        if self.label.column not in known:
+            raise ValueError(
+                f"label.column {self.label.column!r} is not among input.columns"
+            )
+        for f in self.fields:
+            if f.input_column not in known:
+                raise ValueError(
+                    f"field {f.name!r}: source column {f.input_column!r} is not among "
+                    "input.columns"
+                )
+        if self.split.method == "time" and self.split.column not in known:
+            raise ValueError(f"split.column {self.split.column!r} is not among input.columns")
+        return self
+
+    def resolved_fields(self) -> list[FieldSpec]:
+        """Fields with every encoding parameter their encoding uses filled from defaults."""
+        d = self.encoding
+        out = []
+        for f in self.fields:
+            upd: dict[str, Any] = {}
+            if f.encoding in ("vocab", "log_bins") and f.min_count is None:
+                upd["min_count"] = d.min_count
+            if f.encoding == "hash" and f.num_buckets is None:
+                upd["num_buckets"] = d.num_buckets
+            if f.encoding == "quantile_bins" and f.num_bins is None:
+                upd["num_bins"] = d.num_bins
+            if f.kind == "multi_categorical" and f.max_values is None:
+                upd["max_values"] = d.max_values
+            out.append(f.model_copy(update=upd))
+        return out
+
+    def model_params(self, model: str) -> dict[str, Any]:
+        return dict(self.models.get(model) or {})
+
+
+# --------------------------------------------------------------------------------------
+# Loading, overrides, hashing
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = data
+    for i, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, key, keys[: i + 1])]
+            continue
+        if key not in node or node[key] is None:
+            node[key] = {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        node[_list_index(node, last, keys)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {dotted}: {'.'.join(keys[:-1])} is not a mapping")
+
+
+def _list_index(node: list[Any], key: str, path: list[str]) -> int:
+    """List items are addressed by position or, for fields, by name (``fields.C1.min_count``)."""
+    if key.lstrip("-").isdigit():
+        return int(key)
+    for i, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == key:
+            return i
+    raise ConfigError(f"--set {'.'.join(path)}: no list item named {key!r}")
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README, Configuration)"
+        elif err["type"] != "missing" and not isinstance(err.get("input"), dict | list):
+            msg = f"{msg} (got {err.get('input')!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> DatasetConfig:
+    try:
+        return DatasetConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DatasetConfig:
+    """Read, override and validate a dataset config. Errors are :class:`ConfigError`."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {path}: expected a mapping at the top level")
+    apply_overrides(data, overrides)
+    return parse_config(data, str(path))
+
+
+def config_hash(cfg: DatasetConfig, sections: tuple[str, ...] | None = None) -> str:
+    """A stable digest of the (resolved) config, recorded in outputs to tie them to it."""
+    dumped = cfg.model_dump(mode="json")
+    if sections is not None:
+        dumped = {k: dumped[k] for k in sections}
+    payload = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]

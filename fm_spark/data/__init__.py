@@ -1,0 +1,1 @@
+"""Reading field-indexed Parquet into torch batches (Petastorm)."""

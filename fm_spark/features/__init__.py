@@ -1,0 +1,1 @@
+"""Feature specification, the Spark feature job and the serving encoder."""

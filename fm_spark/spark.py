@@ -1,0 +1,49 @@
+"""One way to get a SparkSession, so jobs, tests and notebooks configure Spark alike.
+
+The master comes from where Spark users expect it: ``spark-submit --master`` (already set on
+the active context), then ``SPARK_MASTER``, then ``local[*]``. Nothing here starts a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyspark.sql import SparkSession
+
+# Settings the jobs rely on for correctness, not speed: UTC so time splits do not depend on
+# the machine, ANSI off so a failed cast gives NULL (and a quarantine reason) instead of
+# failing the job.
+_REQUIRED_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.ansi.enabled": "false",
+}
+
+
+def get_spark(app_name: str = "fm-spark", conf: dict[str, str] | None = None) -> SparkSession:
+    """The active session, or a new one on ``SPARK_MASTER`` / ``local[*]``."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        for key, value in _REQUIRED_CONF.items():
+            active.conf.set(key, value)
+        return active
+    builder = SparkSession.builder.appName(app_name)
+    if not _under_spark_submit():
+        builder = builder.master(os.environ.get("SPARK_MASTER", "local[*]"))
+    settings = {
+        # Small local machines: the default of 200 shuffle partitions is pure overhead.
+        "spark.sql.shuffle.partitions": os.environ.get("FM_SPARK_SHUFFLE_PARTITIONS", "8"),
+        "spark.ui.showConsoleProgress": "false",
+        **_REQUIRED_CONF,
+        **(conf or {}),
+    }
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("FM_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def _under_spark_submit() -> bool:
+    """spark-submit launches Python with a gateway already open and the master already set;
+    setting it again here would override ``--master``."""
+    return "PYSPARK_GATEWAY_PORT" in os.environ

@@ -1,0 +1,11 @@
+"""spark-submit entry point: ``spark-submit jobs/featurize.py --config ... --input ... --output ...``.
+
+Everything real lives in :mod:`fm_spark.features`; this file only forwards the arguments.
+"""
+
+import sys
+
+from fm_spark.cli import main
+
+if __name__ == "__main__":
+    main(["featurize", *sys.argv[1:]])
