@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # The machine's pip config lists local mirrors that do not hold every package: silence the
 # resulting "Location ... is ignored" noise, keep real errors.
 PIP = $(PY) -m pip install -q --disable-pip-version-check
+QUIET_PIP = 2> >(grep -v 'is ignored' >&2)
 DEMO_DIR ?= runs/demo
 DEMO_ROWS ?= 200000
 export PYTHONWARNINGS ?= ignore::DeprecationWarning,ignore::FutureWarning
@@ -21,10 +22,10 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip "setuptools>=77" wheel
-	$(PIP) torch==2.13.0
-	$(PIP) -e ".[dev]"
-	$(PIP) --no-deps petastorm==0.13.1
+	$(PIP) --upgrade pip "setuptools>=77" wheel $(QUIET_PIP)
+	$(PIP) torch==2.13.0 $(QUIET_PIP)
+	$(PIP) -e ".[dev]" $(QUIET_PIP)
+	$(PIP) --no-deps petastorm==0.13.1 $(QUIET_PIP)
 	touch $(STAMP)
 
 demo: setup
