@@ -81,7 +81,8 @@ def featurize(
     config_path: str, input_path: str, output: str, overwrite: bool, overrides: tuple[str, ...]
 ) -> None:
     """Raw logs -> field-indexed Parquet (train/valid/test) + feature_map.json."""
-    from fm_spark.features.job import FeaturizeError, featurize as run
+    from fm_spark.features.job import FeaturizeError
+    from fm_spark.features.job import featurize as run
 
     cfg = _load(config_path, overrides)
     try:
@@ -104,7 +105,10 @@ def featurize(
 @click.option("--output", default=None, help="Run directory [default: runs/<dataset>/<model>].")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="= --set train.workers")
 @click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None, help="= --set train.device"
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default=None,
+    help="= --set train.device",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @_set_option
@@ -119,7 +123,8 @@ def train(
     overrides: tuple[str, ...],
 ) -> None:
     """Train a model on featurized data (Petastorm -> torch; TorchDistributor for >1 worker)."""
-    from fm_spark.train.run import TrainError, train as run
+    from fm_spark.train.run import TrainError
+    from fm_spark.train.run import train as run
 
     extra = [f"train.workers={workers}"] if workers else []
     extra += [f"train.device={device}"] if device else []

@@ -209,14 +209,11 @@ class DatasetConfig(_Strict):
             raise ValueError(f"duplicate field names: {', '.join(dupes)}")
         known = set(self.input.columns)
         if self.label.column not in known:
-            raise ValueError(
-                f"label.column {self.label.column!r} is not among input.columns"
-            )
+            raise ValueError(f"label.column {self.label.column!r} is not among input.columns")
         for f in self.fields:
             if f.input_column not in known:
                 raise ValueError(
-                    f"field {f.name!r}: source column {f.input_column!r} is not among "
-                    "input.columns"
+                    f"field {f.name!r}: source column {f.input_column!r} is not among input.columns"
                 )
         if self.split.method == "time" and self.split.column not in known:
             raise ValueError(f"split.column {self.split.column!r} is not among input.columns")

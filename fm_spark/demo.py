@@ -52,8 +52,13 @@ def run_demo(
     click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)
 
     t = _step(f"train {model} (Petastorm -> torch) -> {workdir / 'runs' / model}")
-    metrics = train(cfg, data_dir=str(workdir / "features"), model=model,
-                    output=workdir / "runs" / model, resume=False)
+    metrics = train(
+        cfg,
+        data_dir=str(workdir / "features"),
+        model=model,
+        output=workdir / "runs" / model,
+        resume=False,
+    )
     click.echo(json.dumps(metrics, sort_keys=True))
     click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)
 

@@ -1,4 +1,4 @@
-"""spark-submit entry point: ``spark-submit jobs/featurize.py --config ... --input ... --output ...``.
+"""spark-submit entry point: ``spark-submit jobs/featurize.py --config C --input I --output O``.
 
 Everything real lives in :mod:`fm_spark.features`; this file only forwards the arguments.
 """

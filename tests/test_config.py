@@ -1,4 +1,4 @@
-"""Config files validate into typed objects; mistakes are reported with file, key and expectation."""
+"""Configs validate into typed objects; mistakes name the file, the key and the expectation."""
 
 from __future__ import annotations
 
@@ -115,11 +115,11 @@ def test_overrides_are_typed_and_reach_nested_keys() -> None:
 
 
 def test_bad_override_is_rejected() -> None:
-    with pytest.raises(ConfigError, match="dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"dotted\.key=value"):
         load_config(CONF / "criteo.yaml", ["train.lr"])
     with pytest.raises(ConfigError, match="no list item named 'C99'"):
         load_config(CONF / "criteo.yaml", ["fields.C99.min_count=1"])
-    with pytest.raises(ConfigError, match="train.epochs"):
+    with pytest.raises(ConfigError, match=r"train\.epochs"):
         load_config(CONF / "criteo.yaml", ["train.epochs=0"])
 
 
