@@ -100,7 +100,7 @@ class FieldSpec(_Strict):
     kind: FieldKind
     encoding: Encoding
     transform: Transform = "none"
-    # numeric: values must parse as this type, or the row is quarantined (bad_numeric)
+    # numeric: values must parse as this type, or the row is quarantined (bad_int / bad_float)
     dtype: Literal["int", "float"] = "float"
     min_count: PositiveInt | None = None
     num_buckets: PositiveInt | None = None
