@@ -583,11 +583,13 @@ def _write_log(
 
 def generate(
     format: str, rows: int, seed: int, output: str | Path, bad_fraction: float = 0.0
-) -> dict:
+) -> dict[str, Any]:
     """Write ``output`` (the log), ``output.truth`` and ``output.meta.json``; return the meta.
 
-    The same (format, rows, seed, bad_fraction) always gives byte-identical files, and the
-    planted model depends on (format, seed) only, so logs of different sizes share it.
+    The same (format, rows, seed, bad_fraction) always gives byte-identical files. The planted
+    model depends on (format, seed) only, so logs of different sizes share it, and the good
+    rows do not depend on ``bad_fraction``: a log with bad lines is the clean log of the same
+    seed with lines inserted, which lets tests check quarantine against the clean run.
     """
     if format not in _FORMATS:
         raise ValueError(f"unknown log format {format!r}; known: {', '.join(sorted(_FORMATS))}")
@@ -613,13 +615,15 @@ def generate(
     brng = np.random.default_rng(bad_ss)
     n_bad = round(rows * bad_fraction)
     kinds = brng.permutation(np.arange(n_bad) % len(BAD_KINDS))
-    positions = np.sort(brng.choice(rows + n_bad, n_bad, replace=False)) if n_bad else kinds.copy()
+    positions = (
+        np.sort(brng.choice(rows + n_bad, n_bad, replace=False))
+        if n_bad
+        else np.empty(0, dtype=np.int64)
+    )
     bad_after = positions - np.arange(n_bad)  # good lines before each bad line
     base = model.sample(brng, n_bad)
-    base_main, base_inter = model.logit_parts(base)
-    base_labels = (brng.random(n_bad) < _sigmoid(model.bias + base_main + base_inter)).astype(
-        np.int8
-    )
+    base_truth = _sigmoid(model.bias + sum(model.logit_parts(base)))
+    base_labels = (brng.random(n_bad) < base_truth).astype(np.int8)
     draws = brng.integers(0, 2**31, size=(n_bad, 3))
     base_lines = bytes(fmt.render(model, base, base_labels)).split(b"\n")[:n_bad] if n_bad else []
     bad_lines = [
@@ -666,7 +670,9 @@ def generate(
             for start in range(0, rows, _RENDER_CHUNK):
                 f.write(_render_truth(micro[start : start + _RENDER_CHUNK]))
         temps[2].write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        # The meta file goes last: its presence says the other two are complete.
+        # The meta file goes last, and an old one goes first: a meta file vouches that the
+        # log and truth beside it are complete and belong together.
+        meta_path.unlink(missing_ok=True)
         for tmp, final in zip(temps, (out, truth_path, meta_path), strict=True):
             _finish(tmp, final)
     finally:

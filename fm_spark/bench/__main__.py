@@ -1,0 +1,3 @@
+from fm_spark.bench import main
+
+raise SystemExit(main())
