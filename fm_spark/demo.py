@@ -43,7 +43,8 @@ def run_demo(
 
     t = _step(f"generate {rows} Criteo-format rows -> {log}")
     gen = generate(format="criteo", rows=rows, seed=0, output=log, bad_fraction=0.001)
-    click.echo(json.dumps(gen, sort_keys=True))
+    brief = {k: gen[k] for k in ("rows", "bad_lines", "positive_rate", "oracle") if k in gen}
+    click.echo(json.dumps(brief, sort_keys=True))
     click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)
 
     t = _step(f"featurize (Spark) -> {workdir / 'features'}")
@@ -59,10 +60,10 @@ def run_demo(
         output=workdir / "runs" / model,
         resume=False,
     )
-    click.echo(json.dumps(metrics, sort_keys=True))
+    click.echo(json.dumps({k: v for k, v in metrics.items() if k != "history"}, sort_keys=True))
     click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)
 
-    oracle = gen.get("oracle_auc")
+    oracle = gen.get("oracle", {}).get("auc")
     test_auc = metrics.get("test", {}).get("auc")
     if oracle is not None and test_auc is not None:
         click.echo(
