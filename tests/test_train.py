@@ -82,6 +82,15 @@ def test_run_directory_is_self_contained(planted, trained) -> None:
     )
 
 
+@pytest.mark.parametrize("model", ["poly2", "fwfm"])
+def test_the_other_models_train_too(planted, tmp_path: Path, model: str) -> None:
+    data, _ = planted
+    result = train(config(epochs=2, optimizer="adagrad", lr=0.05), str(data), model, tmp_path)
+    assert result["model"] == model and result["epochs_run"] == 2
+    assert result["test"]["auc"] > 0.7, result["test"]
+    assert (tmp_path / "model.pt").exists()
+
+
 def test_an_existing_run_is_not_overwritten_without_resume(planted, trained) -> None:
     data, _ = planted
     with pytest.raises(TrainError, match="--resume"):

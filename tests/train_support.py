@@ -35,7 +35,12 @@ def config_dict(**train: Any) -> dict[str, Any]:
             "log_every_steps": 20,
             **train,
         },
-        "models": {"fm": {"embed_dim": 8}, "ffm": {"embed_dim": 4}, "fwfm": {"embed_dim": 8}},
+        "models": {
+            "poly2": {"hash_bits": 12},
+            "fm": {"embed_dim": 8},
+            "ffm": {"embed_dim": 4},
+            "fwfm": {"embed_dim": 8},
+        },
     }
 
 

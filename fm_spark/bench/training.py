@@ -44,6 +44,7 @@ FIELD_SIZES = [40] * 13 + [10, 100, 1_000, 5_000, 20_000, 300] * 4 + [50, 2_000]
 MODELS = {"fm": {"embed_dim": 16}, "ffm": {"embed_dim": 4}}
 BATCH = 4096
 THREADS = 1
+REPEATS = 3
 
 
 def _median(values: list[float]) -> float:
@@ -98,7 +99,7 @@ def _feed_rates(data: Path, device: torch.device, quick: bool) -> list[dict[str,
         steps = {"fm": 40, "ffm": 6}[name] if quick else {"fm": 90, "ffm": 15}[name]
         batches = _in_memory_batches(data, fmap, steps * BATCH)
         memory, petastorm = [], []
-        for rep in range(2):  # alternate, so drift in machine load hits both feeds alike
+        for rep in range(REPEATS):  # alternate, so drift in machine load hits both feeds alike
             for feed in ("memory", "petastorm"):
                 torch.manual_seed(0)
                 model = build_model(name, fmap, sparse=True, **hparams).to(device)
@@ -242,8 +243,8 @@ def _markdown(
         f"batch {BATCH}, {len(FIELD_SIZES)} columns (Criteo's shape), sparse embeddings with "
         "SparseAdam + Adam. Petastorm: thread-pool reader (2 threads), 100k-row shuffling "
         "buffer, row groups of 25k rows. In-memory: the same rows as pre-shuffled, pre-batched "
-        "tensors. Same step function, same model init; median of 2 alternating runs each."
-        + (" Quick mode." if quick else ""),
+        "tensors. Same step function, same model init; median of "
+        f"{REPEATS} alternating runs each." + (" Quick mode." if quick else ""),
         "",
         "| model | steps | in-memory samples/s | Petastorm samples/s | ratio (goal >= 0.9) |",
         "|---|---:|---:|---:|---:|",
