@@ -21,6 +21,11 @@ _set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a config value, e.g. --set encoding.min_count=10 (repeatable).",
 )
+_tracking_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+)
 _config_option = click.option(
     "--config",
     "config_path",
@@ -76,9 +81,15 @@ def generate(fmt: str, rows: int, seed: int, output: str, bad_fraction: float) -
 @click.option("--input", "input_path", required=True, help="Raw log file, folder or glob.")
 @click.option("--output", required=True, help="Output directory (field-indexed Parquet).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing finished output.")
+@_tracking_option
 @_set_option
 def featurize(
-    config_path: str, input_path: str, output: str, overwrite: bool, overrides: tuple[str, ...]
+    config_path: str,
+    input_path: str,
+    output: str,
+    overwrite: bool,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Raw logs -> field-indexed Parquet (train/valid/test) + feature_map.json."""
     from fm_spark.features.job import FeaturizeError
@@ -90,6 +101,9 @@ def featurize(
     except FeaturizeError as exc:
         click.echo(f"featurize failed: {exc}", err=True)
         sys.exit(2)
+    from fm_spark.tracking import log_featurize_run
+
+    summary["mlflow_run_id"] = log_featurize_run(summary, output, tracking_uri)
     _emit(summary)
 
 
@@ -111,6 +125,8 @@ def featurize(
     help="= --set train.device",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--register", default=None, metavar="NAME", help="Register as NAME@challenger.")
+@_tracking_option
 @_set_option
 def train(
     config_path: str,
@@ -120,18 +136,20 @@ def train(
     workers: int | None,
     device: str | None,
     resume: bool,
+    register: str | None,
+    tracking_uri: str | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Train a model on featurized data (Petastorm -> torch; TorchDistributor for >1 worker)."""
+    from fm_spark.tracking import train_tracked
     from fm_spark.train.run import TrainError
-    from fm_spark.train.run import train as run
 
     extra = [f"train.workers={workers}"] if workers else []
     extra += [f"train.device={device}"] if device else []
     cfg = _load(config_path, (*overrides, *extra))
     run_dir = Path(output) if output else Path("runs") / cfg.name / model
     try:
-        metrics = run(cfg, data_dir=data_dir, model=model, output=run_dir, resume=resume)
+        metrics = train_tracked(cfg, data_dir, model, run_dir, resume, tracking_uri, register)
     except TrainError as exc:
         click.echo(f"train failed: {exc}", err=True)
         sys.exit(2)
