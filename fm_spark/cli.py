@@ -157,6 +157,90 @@ def train(
 
 
 @main.command()
+@click.option("--name", required=True, help="Registered model name.")
+@click.option("--version", default=None, help="Version to promote [default: @challenger].")
+@click.option("--holdout", default=None, help="Featurized dir whose test split to compare on.")
+@click.option("--registry-config", default=None, help="Gate policy YAML [conf/registry.yaml].")
+@_tracking_option
+@_set_option
+def promote(
+    name: str,
+    version: str | None,
+    holdout: str | None,
+    registry_config: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Move NAME@champion to the challenger if it beats the champion on the same holdout."""
+    from fm_spark.registry.promote import PromotionError, load_policy
+    from fm_spark.registry.promote import promote as run
+
+    try:
+        policy = load_policy(registry_config, overrides)
+        _emit(run(name, version, holdout, policy, tracking_uri))
+    except (PromotionError, ConfigError) as exc:
+        click.echo(f"promote failed: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+def models() -> None:
+    """Registry look-ups."""
+
+
+@models.command("list")
+@_tracking_option
+def models_list(tracking_uri: str | None) -> None:
+    """Registered models, their latest version and aliases (one JSON line each)."""
+    from fm_spark.registry.lookup import list_models
+
+    for entry in list_models(tracking_uri):
+        _emit(entry)
+
+
+@models.command("show")
+@click.argument("name")
+@_tracking_option
+def models_show(name: str, tracking_uri: str | None) -> None:
+    """Versions of NAME: aliases, test metrics, data digest, promotion verdict, when."""
+    from mlflow.exceptions import MlflowException
+
+    from fm_spark.registry.lookup import show_model
+
+    try:
+        click.echo(json.dumps(show_model(name, tracking_uri), indent=2, sort_keys=True))
+    except MlflowException as exc:
+        click.echo(f"models show failed: {exc.message}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, help="e.g. models:/NAME@champion")
+@click.option("--input", "input_path", required=True, help="Raw log file, folder or glob.")
+@click.option("--output", required=True, help="Output directory (Parquet of probabilities).")
+@click.option("--keep", multiple=True, metavar="COLUMN", help="Input column to pass through.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing finished output.")
+@_tracking_option
+def score(
+    model_uri: str,
+    input_path: str,
+    output: str,
+    keep: tuple[str, ...],
+    overwrite: bool,
+    tracking_uri: str | None,
+) -> None:
+    """Score raw logs with a registered model (Spark, mapInPandas)."""
+    from fm_spark.score.job import ScoreError
+    from fm_spark.score.job import score as run
+
+    try:
+        _emit(run(model_uri, input_path, output, keep, overwrite, tracking_uri=tracking_uri))
+    except ScoreError as exc:
+        click.echo(f"score failed: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
 @click.option("--workdir", default="runs/demo", show_default=True)
 @click.option("--rows", type=click.IntRange(min=1000), default=200_000, show_default=True)
 @click.option("--model", default="ffm", show_default=True)
