@@ -34,6 +34,7 @@ __all__ = [
 RUN_ID_FILE = "mlflow_run.json"
 MODEL_ARTIFACT = "model"
 PLOT_ROWS = 200_000
+EPOCH_PREFIX = "epoch/"
 
 
 class EpochLogger:
@@ -55,14 +56,16 @@ class EpochLogger:
 
 
 def epoch_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """``epoch/train_loss``, ``epoch/valid_auc``, ...: per-epoch curves, kept apart from the
+    final ``valid_*`` / ``test_*`` metrics of the returned (best-epoch) model."""
     out = {
-        k: float(record[k])
+        f"{EPOCH_PREFIX}{k}": float(record[k])
         for k in ("train_loss", "samples_per_s", "seconds")
         if isinstance(record.get(k), int | float)
     }
     for k, v in (record.get("valid") or {}).items():
         if isinstance(v, int | float) and k != "rows":
-            out[f"valid_{k}"] = float(v)
+            out[f"{EPOCH_PREFIX}valid_{k}"] = float(v)
     return out
 
 
