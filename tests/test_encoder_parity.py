@@ -100,6 +100,11 @@ def test_python_encoder_matches_spark_on_hand_made_lines(mini):
     assert 0 not in batch.index and len(batch.index) == len(batch)
     bad = {line.decode("utf-8", "replace"): reason for line, reason in BAD}
     assert all(bad[raw] == reason for raw, reason in batch.quarantined)
+    # One reason per input line: None where encoded, "header" for the skipped header.
+    assert len(batch.reasons) == len(lines) and batch.reasons[0] == "header"
+    assert all(r is None for r in batch.reasons[batch.index])
+    flagged = [r for r in batch.reasons if r not in (None, "header")]
+    assert sorted(flagged) == sorted(r for _, r in batch.quarantined)
 
 
 def test_reloaded_spark_featurizer_matches_python_row_by_row(spark, mini):
@@ -233,6 +238,8 @@ def test_python_encoder_matches_spark_on_parquet_records(spark, tmp_path):
     batch = FeatureEncoder.load(out).encode_records(pd.read_parquet(src))
     assert_parity(out, batch, summary)
     assert sorted(r for _, r in batch.quarantined) == ["bad_float", "bad_label"]
+    assert batch.reasons.tolist()[-2:] == ["bad_float", "bad_label"]
+    assert len(batch.reasons) == len(frame)
     # Without a label column the encoder scores rows and returns no labels.
     unlabeled = FeatureEncoder.load(out).encode_records(frame.drop(columns=["label"]).head(3))
     assert unlabeled.labels is None and len(unlabeled) == 3

@@ -27,26 +27,24 @@ import pandas as pd
 import pyarrow.parquet as pq
 import xxhash
 
-from fm_spark.features.feature_map import (
-    HASH_FIRST_ID,
-    MISSING_ID,
-    UNSEEN_ID,
-    VALUE_PRESENT_ID,
-    FeatureMap,
-    FieldInfo,
-)
-from fm_spark.features.quarantine import (
+from fm_spark.features.feature_map import FeatureMap, FieldInfo
+from fm_spark.features.spec import (
     BAD_FLOAT,
     BAD_INT,
     BAD_LABEL,
     FLOAT_PATTERN,
+    HASH_FIRST_ID,
+    HEADER,
     INT_PATTERN,
     MALFORMED_JSON,
+    MISSING_ID,
     REPLACEMENT_CHAR,
     UNDECODABLE,
+    UNSEEN_ID,
+    VALUE_PRESENT_ID,
     WRONG_COLUMN_COUNT,
+    YYMMDDHH_PATTERN,
 )
-from fm_spark.features.tokens import YYMMDDHH_PATTERN
 
 __all__ = ["EncodedBatch", "FeatureEncoder", "java_double_string"]
 
@@ -64,7 +62,9 @@ class EncodedBatch:
     ``ids``: int64 ``[n, num_columns]`` global ids; ``values``: float32 ``[n, num_columns]``
     (1.0 where a column has no value column); ``labels``: float32 ``[n]`` (NaN where unknown)
     or None when the input had no label; ``quarantined``: ``(raw, reason)`` pairs;
-    ``index``: int64 ``[n]``, the input position of each encoded row.
+    ``index``: int64 ``[n]``, the input position of each encoded row; ``reasons``: object
+    ``[number of input rows]``, None where the row was encoded, else its quarantine reason
+    (``"header"`` for a skipped header line), so a caller can answer row by row.
     """
 
     ids: np.ndarray
@@ -72,6 +72,7 @@ class EncodedBatch:
     labels: np.ndarray | None
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reasons: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,17 +112,14 @@ class FeatureEncoder:
     def __init__(self, fmap: FeatureMap, directory: str | Path) -> None:
         self.feature_map = fmap
         self.directory = Path(directory)
-        extra = fmap.extra
-        missing = {"input", "label"} - set(extra)
-        if missing:
+        if fmap.input is None or fmap.label is None:
             raise ValueError(
-                f"feature map in {directory} lacks {sorted(missing)}: written by an older "
-                "fm-spark; re-run `fm-spark featurize`"
+                f"feature map in {directory} has no input/label description (a synthetic "
+                "map?): only the output of `fm-spark featurize` can encode raw rows"
             )
-        self._input: dict[str, Any] = extra["input"]
-        self._label: dict[str, Any] = extra["label"]
-        self._dtypes: dict[str, str] = dict(extra.get("field_dtypes", {}))
-        self.columns: list[str] = list(self._input["columns"])
+        self._input = fmap.input
+        self._label = fmap.label
+        self.columns: list[str] = list(self._input.columns)
         self._vocab: dict[str, _Vocabulary] = {}
         for f in fmap.fields:
             if f.encoding in ("vocab", "log_bins"):
@@ -145,10 +143,11 @@ class FeatureEncoder:
         accepts rows without a label (labels NaN), e.g. when scoring.
         """
         raws = [_decode(line) for line in lines]
-        fmt = self._input["format"]
+        fmt = self._input.format
         if fmt == "parquet":
             raise ValueError("parquet input has no lines: use encode_records")
-        header = self._input["separator"].join(self.columns) if self._input["header"] else None
+        n_input = len(raws)
+        header = self._input.sep.join(self.columns) if self._input.header else None
         positions = np.array([i for i, r in enumerate(raws) if r != header], dtype=np.int64)
         raws = [raws[i] for i in positions]
         reasons = np.full(len(raws), None, dtype=object)
@@ -157,9 +156,13 @@ class FeatureEncoder:
             frame, malformed = _json_frame(raws, self.columns)
             _mark(reasons, malformed, MALFORMED_JSON)
         else:
-            frame, wrong = _text_frame(raws, self._input["separator"], self.columns)
+            frame, wrong = _text_frame(raws, self._input.sep, self.columns)
             _mark(reasons, wrong, WRONG_COLUMN_COUNT)
-        return self._encode(frame, raws, reasons, positions, require_label, has_label=True)
+        batch = self._encode(frame, raws, reasons, positions, require_label, has_label=True)
+        everything = np.full(n_input, HEADER, dtype=object)
+        everything[positions] = batch.reasons
+        batch.reasons = everything
+        return batch
 
     def encode_records(
         self, records: pd.DataFrame, require_label: bool | None = None
@@ -167,7 +170,7 @@ class FeatureEncoder:
         """A frame of raw source columns (strings; missing = None/NaN/""); other dtypes are
         converted with ``str``. Without the label column, labels are None and not checked;
         with it, ``require_label`` defaults to True."""
-        has_label = self._label["column"] in records.columns
+        has_label = self._label.column in records.columns
         needed = {f.source for f in self.feature_map.fields}
         absent = sorted(needed - set(records.columns))
         if absent:
@@ -200,14 +203,14 @@ class FeatureEncoder:
     ) -> EncodedBatch:
         labels = None
         if has_label:
-            labels = self._labels(frame[self._label["column"]])
-            missing = frame[self._label["column"]].isna().to_numpy()
+            labels = self._labels(frame[self._label.column])
+            missing = frame[self._label.column].isna().to_numpy()
             bad = np.isnan(labels) & (~missing | require_label)
             _mark(reasons, bad, BAD_LABEL)
         numeric = [f for f in self.feature_map.fields if f.kind == "numeric"]
         parsed: dict[str, _Numbers] = {}
         for dtype, reason in (("int", BAD_INT), ("float", BAD_FLOAT)):
-            for f in (f for f in numeric if self._dtypes.get(f.name, "float") == dtype):
+            for f in (f for f in numeric if f.dtype == dtype):
                 parsed[f.name], bad = _parse_numbers(
                     _transformed(frame[f.source], f.transform), dtype
                 )
@@ -232,11 +235,12 @@ class FeatureEncoder:
             labels=labels[good] if labels is not None else None,
             quarantined=quarantined,
             index=positions[good],
+            reasons=reasons,
         )
 
     def _labels(self, col: pd.Series) -> np.ndarray:
-        mapping = {**dict.fromkeys(self._label["negative"], 0.0)}
-        mapping.update(dict.fromkeys(self._label["positive"], 1.0))
+        mapping = {**dict.fromkeys(self._label.negative, 0.0)}
+        mapping.update(dict.fromkeys(self._label.positive, 1.0))
         return col.map(mapping).to_numpy(dtype=np.float32, na_value=np.nan)
 
     def _encode_field(
@@ -259,7 +263,7 @@ class FeatureEncoder:
             slots = _multi_slots(raw, f.separator or "", f.max_values or 1)
         elif f.encoding == "log_bins":
             assert num is not None
-            slots = [_log_bin_tokens(num, self._dtypes.get(f.name, "float"))]
+            slots = [_log_bin_tokens(num, f.dtype)]
         else:
             slots = [raw.to_numpy(dtype=object)]
         ids = np.stack([self._index(f, s) for s in slots], axis=1)

@@ -20,7 +20,6 @@ Local id layout (see :mod:`fm_spark.features.feature_map`): 0 missing; vocabular
 
 from __future__ import annotations
 
-import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -35,7 +34,6 @@ from fm_spark.features.feature_map import (
     HASH_FIRST_ID,
     MISSING_ID,
     RARE_ID,
-    SCHEMA_VERSION,
     UNSEEN_ID,
     VALUE_PRESENT_ID,
     VOCAB_FIRST_ID,
@@ -57,7 +55,6 @@ __all__ = [
     "QuantileBinEncoder",
     "ValueEncoder",
     "VocabEncoder",
-    "parse_feature_map",
 ]
 
 VOCAB_DIR = "vocab"
@@ -69,6 +66,7 @@ VOCAB_SCHEMA = T.StructType(
     ]
 )
 QUANTILE_RELATIVE_ERROR = 0.001
+EMPTY_VOCAB_DIGEST = f"{0:016x}"
 _MAX_FEATURES = 2**31 - 1  # ids are int32
 _TMP = "__fm_"  # prefix of the temporary columns a transform adds (and drops)
 
@@ -134,6 +132,7 @@ class FieldEncoder(ABC):
             kind=self.kind,  # type: ignore[arg-type]
             encoding=self.encoding,  # type: ignore[arg-type]
             transform=self.transform,
+            dtype=self.dtype if self.kind == "numeric" else "string",
             offset=self.offset,
             size=self.size,
             columns=self.column_names,
@@ -180,6 +179,7 @@ class VocabEncoder(_TokenEncoder):
     min_count: int = 1
     num_kept: int = 0
     vocab_path: str = ""  # relative to root
+    vocab_digest: str = ""
     root: str = ""  # the feature-map directory (not serialised)
 
     @property
@@ -187,7 +187,11 @@ class VocabEncoder(_TokenEncoder):
         return VOCAB_FIRST_ID + self.num_kept
 
     def _params(self) -> dict:
-        return {"min_count": self.min_count, "vocab_path": self.vocab_path}
+        return {
+            "min_count": self.min_count,
+            "vocab_path": self.vocab_path,
+            "vocab_digest": self.vocab_digest,
+        }
 
     def vocabulary(self, spark: SparkSession) -> DataFrame:
         return spark.read.schema(VOCAB_SCHEMA).parquet(f"{self.root.rstrip('/')}/{self.vocab_path}")
@@ -311,6 +315,7 @@ class Featurizer:
         fs = HadoopFS(train.sparkSession, root)
         vocab_specs = [f for f in self.fields if f.encoding in ("vocab", "log_bins")]
         kept = _fit_vocabularies(train, vocab_specs, root, fs) if vocab_specs else {}
+        digests = {k: d for k, (_, d) in kept.items()}
         quantile_specs = [f for f in self.fields if f.encoding == "quantile_bins"]
         edges = (
             _fit_quantile_edges(train, quantile_specs, self.quantile_relative_error)
@@ -320,7 +325,10 @@ class Featurizer:
         encoders: list[FieldEncoder] = []
         offset = 0
         for spec in self.fields:
-            enc = _fitted_encoder(spec, root, kept.get(spec.name, 0), edges.get(spec.name, ()))
+            n_kept = kept.get(spec.name, (0, EMPTY_VOCAB_DIGEST))[0]
+            enc = _fitted_encoder(spec, root, n_kept, edges.get(spec.name, ()))
+            if isinstance(enc, VocabEncoder):
+                enc = replace(enc, vocab_digest=digests.get(spec.name, EMPTY_VOCAB_DIGEST))
             enc = replace(enc, offset=offset)
             encoders.append(enc)
             offset += enc.size
@@ -367,8 +375,9 @@ def _tagger(name: str):
 
 def _fit_vocabularies(
     train: DataFrame, specs: list[FieldSpec], root: str, fs: HadoopFS
-) -> dict[str, int]:
-    """One aggregation for every vocabulary; returns the number of kept tokens per field.
+) -> dict[str, tuple[int, str]]:
+    """One aggregation for every vocabulary; returns the number of kept tokens per field and
+    the vocabulary's digest (xor of ``xxhash64(token || U+0001 || id)``).
 
     Written partitioned by field in one job, then each ``field=<name>`` folder is renamed to
     ``vocab/<name>``. The (small) vocabulary frame is cached so the sizes come from memory.
@@ -393,10 +402,14 @@ def _fit_vocabularies(
     try:
         staging = fs.join(root, VOCAB_DIR, "_partitioned")
         vocab.write.partitionBy("field").parquet(staging)
+        entry = F.xxhash64(F.concat_ws("\u0001", "token", F.col("id").cast("string")))
         sizes = {
-            r["field"]: int(r["kept"])
+            r["field"]: (int(r["kept"]), f"{int(r['digest']) & (2**64 - 1):016x}")
             for r in vocab.groupBy("field")
-            .agg(F.sum(F.when(F.col("id") >= VOCAB_FIRST_ID, 1).otherwise(0)).alias("kept"))
+            .agg(
+                F.sum(F.when(F.col("id") >= VOCAB_FIRST_ID, 1).otherwise(0)).alias("kept"),
+                F.bit_xor(entry).alias("digest"),
+            )
             .collect()
         }
     finally:
@@ -499,7 +512,6 @@ class FeaturizerModel:
 
     @classmethod
     def from_feature_map(cls, fmap: FeatureMap, root: str) -> FeaturizerModel:
-        dtypes = dict(fmap.extra.get("field_dtypes", {}))
         encoders = []
         for info in fmap.fields:
             common = {
@@ -507,7 +519,7 @@ class FeaturizerModel:
                 "source": info.source,
                 "kind": info.kind,
                 "transform": info.transform,
-                "dtype": dtypes.get(info.name, "float"),
+                "dtype": info.dtype if info.kind == "numeric" else "float",
                 "offset": info.offset,
                 "separator": info.separator,
                 "max_values": info.max_values,
@@ -520,6 +532,7 @@ class FeaturizerModel:
                     min_count=info.min_count or 1,
                     num_kept=info.size - VOCAB_FIRST_ID,
                     vocab_path=info.vocab_path or "",
+                    vocab_digest=info.vocab_digest or "",
                     root=root,
                 )
             elif info.encoding == "hash":
@@ -543,15 +556,4 @@ class FeaturizerModel:
         path = fs.join(root, FEATURE_MAP_FILE)
         if not fs.exists(path):
             raise FileNotFoundError(f"no feature map at {path}: not an `fm-spark featurize` output")
-        return cls.from_feature_map(parse_feature_map(fs.read_text(path), path), root)
-
-
-def parse_feature_map(text: str, where: str) -> FeatureMap:
-    """Validate a feature map's JSON, refusing other schema versions (as FeatureMap.load)."""
-    data = json.loads(text)
-    if data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
-            f"{where}: feature map schema version {data.get('schema_version')!r}, this fm-spark "
-            f"reads version {SCHEMA_VERSION}; re-run `fm-spark featurize` with this version"
-        )
-    return FeatureMap.model_validate(data)
+        return cls.from_feature_map(FeatureMap.parse(fs.read_text(path), path), root)

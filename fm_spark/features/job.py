@@ -167,7 +167,9 @@ def _run(
         dataset=cfg.name,
         config_hash=config_hash(cfg, sections=CONFIG_HASH_SECTIONS),
         splits={s: SplitStats(**counts["splits"][s]) for s in SPLITS},
-        extra=_encoder_extra(cfg),
+        input=cfg.input.model_copy(update={"separator": cfg.input.sep}),
+        label=cfg.label,
+        split=cfg.split,
     )
     out.fs.write_text(out.fs.join(staging, FEATURE_MAP_FILE), fmap.to_json())
     summary.update(num_features=fmap.num_features, config_hash=fmap.config_hash)
@@ -340,18 +342,6 @@ def parquet_row_group_options(rows: int, model: FeaturizerModel) -> dict[str, st
         "parquet.block.size": str(max(1024, 4 * columns * rows)),
         "parquet.page.row.count.limit": str(max(20_000, rows)),
         "parquet.page.size": str(max(1 << 20, 8 * rows)),
-    }
-
-
-def _encoder_extra(cfg: DatasetConfig) -> dict[str, Any]:
-    """What the serving encoder needs beyond FieldInfo to parse raw rows the same way."""
-    return {
-        "input": {**cfg.input.model_dump(mode="json"), "separator": cfg.input.sep},
-        "label": cfg.label.model_dump(mode="json"),
-        "field_dtypes": {f.name: f.dtype for f in cfg.fields if f.kind == "numeric"},
-        "split": cfg.split.model_dump(mode="json"),
-        "multi_value_policy": "distinct non-empty tokens, first max_values kept",
-        "vocab_schema": "token string, count int64, id int32 (local id; 2 = rare)",
     }
 
 

@@ -3,8 +3,8 @@
 A malformed line must never crash a job nor silently vanish: it is set aside with its raw text
 and the *first* rule it breaks, in the order of :data:`REASONS`. The feature job, batch scoring
 and the pure-Python serving encoder (:mod:`fm_spark.features.encoder`) all apply these rules,
-so the patterns below are written once and used by both backends: Spark's ``rlike`` (Java
-regex) and Python's ``re.fullmatch`` read them the same way.
+so the patterns (in :mod:`.spec`) are written once and used by both backends: Spark's
+``rlike`` (Java regex) and Python's ``re.fullmatch`` read them the same way.
 
 An empty value means *missing*, never an error: only a value that is present and does not
 parse is.
@@ -18,6 +18,19 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, FieldSpec, LabelSpec, SplitSpec
+from fm_spark.features.spec import (
+    BAD_FLOAT,
+    BAD_INT,
+    BAD_LABEL,
+    BAD_SPLIT_KEY,
+    FLOAT_PATTERN,
+    INT_PATTERN,
+    MALFORMED_JSON,
+    REASONS,
+    REPLACEMENT_CHAR,
+    UNDECODABLE,
+    WRONG_COLUMN_COUNT,
+)
 from fm_spark.features.tokens import raw_value
 
 __all__ = [
@@ -46,34 +59,6 @@ __all__ = [
     "split_key_rule",
     "with_reason",
 ]
-
-UNDECODABLE = "undecodable"  # the line is not valid UTF-8
-MALFORMED_JSON = "malformed_json"  # jsonl: not a JSON object
-WRONG_COLUMN_COUNT = "wrong_column_count"  # tsv/csv: not exactly len(input.columns) values
-BAD_LABEL = "bad_label"  # label not in label.positive ∪ label.negative
-BAD_INT = "bad_int"  # numeric dtype=int field: present but not [+-]digits within int64
-BAD_FLOAT = "bad_float"  # numeric dtype=float field: present but not a finite decimal
-BAD_SPLIT_KEY = "bad_split_key"  # time split: split column missing or unparseable
-
-# Check order: the first failing rule names the row's reason.
-REASONS = (
-    UNDECODABLE,
-    MALFORMED_JSON,
-    WRONG_COLUMN_COUNT,
-    BAD_LABEL,
-    BAD_INT,
-    BAD_FLOAT,
-    BAD_SPLIT_KEY,
-)
-
-# Spark's text reader decodes UTF-8 with replacement: U+FFFD marks bytes that did not decode.
-REPLACEMENT_CHAR = "\ufffd"
-
-# Whole-value patterns (no anchors: Spark wraps them in ^(?:...)\z, Python uses fullmatch).
-# Deliberately stricter than Spark's lenient casts (which trim, accept "1.5d", "0x1p3",
-# "Infinity"), so both backends accept exactly the same strings.
-INT_PATTERN = r"[+-]?[0-9]+"
-FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 
 # Columns of the raw frame every reader produces (see fm_spark.features.source) ...
 RAW = "_raw"  # the line as read

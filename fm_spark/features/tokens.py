@@ -10,7 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from fm_spark.features.feature_map import HASH_FIRST_ID
+from fm_spark.features.spec import HASH_FIRST_ID, YYMMDDHH_PATTERN
 
 __all__ = [
     "YYMMDDHH_PATTERN",
@@ -21,8 +21,6 @@ __all__ = [
     "raw_value",
     "transformed",
 ]
-
-YYMMDDHH_PATTERN = r"[0-9]{8}"
 
 
 def java_regex_quote(text: str) -> str:
