@@ -7,7 +7,7 @@ Stages, each a Spark job over rows parsed and validated once (and cached):
 3. quarantine written (``quarantine/``, JSON lines: raw, reason, detail, source_file); if the
    bad fraction exceeds ``max_bad_fraction`` the job stops here, publishing the quarantine
    and summary as ``<output>.failed/`` for the operator;
-4. fit on the train split (:class:`.encoders.Featurizer`): vocabularies, bin edges;
+4. fit on the train split (:class:`.featurizer.Featurizer`): vocabularies, bin edges;
 5. transform the good rows and write ``train``/``valid``/``test`` in one partitioned write;
 6. ``feature_map.json`` and ``summary.json``, then the safe publish (:mod:`.publish`).
 
@@ -29,8 +29,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, config_hash
-from fm_spark.features.encoders import Featurizer, FeaturizerModel
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
+from fm_spark.features.featurizer import Featurizer, FeaturizerModel
 from fm_spark.features.io import HadoopFS
 from fm_spark.features.publish import Publisher, PublishError
 from fm_spark.features.quarantine import (
@@ -155,7 +155,7 @@ def _run(
             f"({summary['rows_read']} rows read): nothing to learn vocabularies from"
         )
     try:
-        model = Featurizer(tuple(cfg.resolved_fields())).fit(
+        model = Featurizer(tuple(cfg.field_defs())).fit(
             rows.where(F.col(SPLIT) == "train"), staging
         )
     except ValueError as exc:  # e.g. more features than int32 ids can address
