@@ -124,10 +124,12 @@ class FeatureEncoder:
             raise ValueError("parquet input has no lines: use encode_records")
         n_input = len(raws)
         header = self._input.sep.join(self.columns) if self._input.header else None
-        positions = np.array([i for i, r in enumerate(raws) if r != header], dtype=np.int64)
-        raws = [raws[i] for i in positions]
+        texts = pd.Series(raws, dtype=object)
+        positions = np.flatnonzero((texts != header).to_numpy())
+        raws = texts.iloc[positions].tolist()
         reasons = np.full(len(raws), None, dtype=object)
-        reasons[[REPLACEMENT_CHAR in r for r in raws]] = UNDECODABLE
+        undecodable = texts.iloc[positions].str.contains(REPLACEMENT_CHAR, regex=False)
+        reasons[undecodable.to_numpy(dtype=bool)] = UNDECODABLE
         if fmt == "jsonl":
             frame, malformed = _json_frame(raws, self.columns)
             _mark(reasons, malformed, MALFORMED_JSON)
