@@ -9,7 +9,6 @@ import textwrap
 
 import numpy as np
 import pandas as pd
-import pytest
 from mlflow_support import MODEL_NAME
 
 
@@ -95,17 +94,6 @@ print(json.dumps({"n": len(out), "scored": int(out["reason"].isna().sum())}))
 """
 
 
-def _feature_spec_is_pyspark_free() -> bool:
-    code = "import sys, fm_spark.features.encoder; print('pyspark' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    return out.stdout.strip() == "False"
-
-
-@pytest.mark.xfail(
-    not _feature_spec_is_pyspark_free(),
-    reason="fm_spark.features.encoder still imports pyspark (feat-spec removes it)",
-    strict=False,
-)
 def test_loads_and_predicts_where_pyspark_cannot_be_imported(registered, ctr_data):
     lines = _lines(ctr_data, 50)
     code = _NO_PYSPARK.replace("NAME", repr(MODEL_NAME)).replace("LINES", repr(lines))

@@ -65,7 +65,7 @@ def holdout_frame(
     """
     summary = _read_json(features_dir, "summary.json")
     fmap = _read_json(features_dir, "feature_map.json")
-    split = (fmap.get("extra") or {}).get("split")
+    split = fmap.get("split") or (fmap.get("extra") or {}).get("split")
     if split is not None:
         cfg = cfg.model_copy(update={"split": SplitSpec.model_validate(split)})
     rows = split_rows(spark, cfg, summary["input"], "test")

@@ -46,7 +46,6 @@ WEIGHTS_FILE = "model.pt"
 LINE_COLUMN = "line"  # a single column of raw log lines
 PROBABILITY = "probability"
 REASON = "reason"
-HEADER = "header"  # a header line among raw lines: skipped, not scored
 _FORMAT_VERSION = 1
 
 
@@ -99,23 +98,10 @@ class Scorer:
         records = frame.drop(columns=[self.label_column], errors="ignore")
         return self.encoder.encode_records(records, require_label=False)
 
-    def reasons(self, frame: pd.DataFrame, batch: EncodedBatch) -> np.ndarray:
-        """One reason per input row (None where encoded)."""
-        given = getattr(batch, "reasons", None)
-        if given is not None and len(given) == len(frame):
-            return np.asarray(given, dtype=object)
-        out = np.full(len(frame), None, dtype=object)
-        missing = np.setdiff1d(np.arange(len(frame)), batch.index)
-        if len(missing) == len(batch.quarantined):
-            out[missing] = [reason for _, reason in batch.quarantined]
-            return out
-        # Header lines are skipped without a quarantine entry; the rest keep their order.
-        header = self.encoder._input["separator"].join(self.encoder.columns)
-        lines = frame[LINE_COLUMN].to_numpy(dtype=object)
-        is_header = np.array([_strip(lines[i]) == header for i in missing], dtype=bool)
-        out[missing[is_header]] = HEADER
-        out[missing[~is_header]] = [reason for _, reason in batch.quarantined]
-        return out
+    @staticmethod
+    def reasons(frame: pd.DataFrame, batch: EncodedBatch) -> np.ndarray:
+        """One reason per input row (None where encoded), as the encoder reports them."""
+        return np.asarray(batch.reasons, dtype=object)
 
     # -- scoring ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -133,8 +119,3 @@ class Scorer:
         z = self.logits(batch.ids, batch.values).astype(np.float64)
         prob[batch.index] = 1.0 / (1.0 + np.exp(-z))
         return pd.DataFrame({PROBABILITY: prob, REASON: self.reasons(frame, batch)})
-
-
-def _strip(line: Any) -> str:
-    text = line.decode("utf-8", errors="replace") if isinstance(line, bytes) else str(line)
-    return text.rstrip("\r\n")

@@ -84,7 +84,7 @@ def score(
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from fm_spark.features.io import AtomicOutput, OutputExistsError
+    from fm_spark.features.publish import Publisher, PublishError
     from fm_spark.features.quarantine import (
         DETAIL,
         RAW,
@@ -109,10 +109,10 @@ def score(
         from fm_spark.spark import get_spark
 
         spark = get_spark("fm-spark-score")
-    out = AtomicOutput(spark, output, overwrite=overwrite)
+    out = Publisher(spark, output, overwrite=overwrite, marker_files=(SUMMARY_FILE,))
     try:
         staging = out.begin()
-    except OutputExistsError as exc:
+    except PublishError as exc:
         raise ScoreError(str(exc)) from None
     shipped = _ship(spark, bundle)
     checked = None
