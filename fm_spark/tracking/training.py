@@ -3,15 +3,15 @@
 The run lives in the experiment named after the dataset. Its id is kept in the run directory
 (``mlflow_run.json``), so ``--resume`` continues the same MLflow run. Per-epoch metrics
 (train loss, samples/s, valid metrics) are logged with ``step = epoch`` by
-:class:`EpochLogger`, a picklable callback that rank 0 calls after every epoch (when the
-training loop offers callbacks; otherwise the epoch history is logged from ``metrics.json``
-when training ends). The logged model is the raw-row pyfunc of :mod:`fm_spark.registry`,
-registered under ``register`` with the alias ``challenger`` when asked.
+:class:`EpochLogger`, a picklable callback that rank 0 calls after every epoch
+(``WorkerJob.callbacks``); a run directory trained untracked is logged afterwards by
+:func:`track_finished` (epoch history from ``metrics.json``). The logged model is the raw-row
+pyfunc of :mod:`fm_spark.registry`, registered under ``register`` with the alias
+``challenger`` when asked.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import subprocess
 import tempfile
@@ -27,6 +27,7 @@ __all__ = [
     "epoch_metrics",
     "log_training_results",
     "stored_run_id",
+    "track_finished",
     "train_tracked",
     "training_params",
 ]
@@ -143,10 +144,6 @@ def train_tracked(
 ) -> dict[str, Any]:
     """:func:`fm_spark.train.run.train` inside an MLflow run; returns its metrics plus the
     MLflow run id (``mlflow_run_id``) and, with ``register``, the new version."""
-    import mlflow
-
-    from fm_spark.features.feature_map import FeatureMap
-    from fm_spark.tracking.data import dataset_of
     from fm_spark.tracking.store import configure, start_run
     from fm_spark.train.run import train
 
@@ -157,16 +154,10 @@ def train_tracked(
     with start_run(cfg.name, run_name=model, run_id=previous, tags=tags) as run:
         _store_run_id(run_dir, run, uri)
         if previous is None:
-            fmap = _feature_map_of(data_dir, FeatureMap)
-            mlflow.log_params(training_params(cfg, model, data_dir, fmap))
-            ds = dataset_of(data_dir)
-            mlflow.log_input(ds, context="training")
-            mlflow.set_tag("fm_spark.data_digest", ds.digest)
-        kwargs: dict[str, Any] = {}
-        if "callbacks" in inspect.signature(train).parameters:
-            kwargs["callbacks"] = [EpochLogger(uri, run.info.run_id)]
+            _log_inputs(cfg, model, data_dir)
+        logger = EpochLogger(uri, run.info.run_id)
         metrics = train(
-            cfg, data_dir=data_dir, model=model, output=run_dir, resume=resume, **kwargs
+            cfg, data_dir=data_dir, model=model, output=run_dir, resume=resume, callbacks=(logger,)
         )
         extra = log_training_results(
             cfg,
@@ -174,10 +165,48 @@ def train_tracked(
             model,
             run_dir,
             metrics,
-            history_logged="callbacks" in kwargs,
+            history_logged=True,
             register=register,
         )
     return {**metrics, "mlflow_run_id": run.info.run_id, **extra}
+
+
+def track_finished(
+    cfg: DatasetConfig,
+    data_dir: str,
+    model: str,
+    run_dir: Path,
+    metrics: dict[str, Any],
+    register: str | None = None,
+    tracking_uri: str | None = None,
+) -> dict[str, Any]:
+    """Log a run directory that was trained untracked (``fm_spark.train.run.train``) as one
+    MLflow run, as ``train_tracked`` would have; returns the run id and model facts."""
+    from fm_spark.tracking.store import configure, start_run
+
+    uri = configure(tracking_uri)
+    tags = {"fm_spark.stage": "train", "fm_spark.model": model}
+    with start_run(cfg.name, run_name=model, tags=tags) as run:
+        _store_run_id(Path(run_dir), run, uri)
+        _log_inputs(cfg, model, data_dir)
+        extra = log_training_results(
+            cfg, data_dir, model, Path(run_dir), metrics, register=register
+        )
+    return {"mlflow_run_id": run.info.run_id, **extra}
+
+
+def _log_inputs(cfg: DatasetConfig, model: str, data_dir: str) -> None:
+    """Params and the training dataset input of a new run."""
+    import mlflow
+
+    from fm_spark.features.feature_map import FeatureMap
+    from fm_spark.tracking.data import dataset_of
+
+    fmap = _feature_map_of(data_dir, FeatureMap)
+    mlflow.log_params(training_params(cfg, model, data_dir, fmap))
+    ds = dataset_of(data_dir)
+    mlflow.log_input(ds, context="training")
+    mlflow.set_tag("fm_spark.data_digest", ds.digest)
 
 
 def _feature_map_of(data_dir: str, cls: Any) -> Any:
