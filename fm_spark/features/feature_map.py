@@ -84,6 +84,7 @@ class FieldInfo(_Frozen):
     num_buckets: int | None = None
     hash_salt: str | None = None
     # quantile_bins
+    num_bins: int | None = None
     bin_edges: list[float] | None = None
     # multi_categorical
     separator: str | None = None

@@ -18,20 +18,20 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, FieldSpec, LabelSpec, SplitSpec
+from fm_spark.features.encodings.modifiers import spark_transformed
+from fm_spark.features.encodings.numbers import numeric_value
 from fm_spark.features.spec import (
     BAD_FLOAT,
     BAD_INT,
     BAD_LABEL,
     BAD_SPLIT_KEY,
-    FLOAT_PATTERN,
-    INT_PATTERN,
+    MALFORMED_CSV,
     MALFORMED_JSON,
     REASONS,
     REPLACEMENT_CHAR,
     UNDECODABLE,
     WRONG_COLUMN_COUNT,
 )
-from fm_spark.features.tokens import raw_value
 
 __all__ = [
     "BAD_FLOAT",
@@ -39,10 +39,8 @@ __all__ = [
     "BAD_LABEL",
     "BAD_SPLIT_KEY",
     "DETAIL",
-    "FLOAT_PATTERN",
     "FORMAT_DETAIL",
     "FORMAT_ERROR",
-    "INT_PATTERN",
     "LABEL",
     "MALFORMED_JSON",
     "RAW",
@@ -72,22 +70,6 @@ LABEL = "_label"
 _FAILURE = "_failure"
 
 
-def _full_match(col: Column, pattern: str) -> Column:
-    return col.rlike(f"^(?:{pattern})\\z")
-
-
-def numeric_value(col: Column, dtype: str) -> Column:
-    """The parsed number of a raw string column, null when missing *or* unparseable.
-
-    int: optional sign and digits within int64 (as bigint); float: a finite decimal (as
-    double). The caller tells missing from unparseable with ``col.isNull()``.
-    """
-    if dtype == "int":
-        return F.when(_full_match(col, INT_PATTERN), col.cast("bigint"))
-    x = F.when(_full_match(col, FLOAT_PATTERN), col.cast("double"))
-    return F.when(F.abs(x) < F.lit(float("inf")), x)
-
-
 def label_value(label: LabelSpec, col: Column) -> Column:
     """1.0 / 0.0 (float) for a known label string, null otherwise."""
     return (
@@ -108,7 +90,7 @@ class Rule:
 
 
 def _numeric_rule(field: FieldSpec) -> Rule:
-    value = raw_value(field.input_column, field.transform)
+    value = spark_transformed(F.col(field.input_column), field.transform)
     reason = BAD_INT if field.dtype == "int" else BAD_FLOAT
     failed = value.isNotNull() & numeric_value(value, field.dtype).isNull()
     return Rule(reason, failed, F.lit(field.name))
@@ -132,6 +114,11 @@ def parse_rules(cfg: DatasetConfig, require_label: bool = True) -> list[Rule]:
         Rule(
             MALFORMED_JSON,
             F.col(FORMAT_ERROR) == MALFORMED_JSON,
+            F.col(FORMAT_DETAIL),
+        ),
+        Rule(
+            MALFORMED_CSV,
+            F.col(FORMAT_ERROR) == MALFORMED_CSV,
             F.col(FORMAT_DETAIL),
         ),
         Rule(

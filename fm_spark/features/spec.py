@@ -22,23 +22,28 @@ __all__ = [
     "HEADER",
     "INT_PATTERN",
     "LOG_BIN_LINEAR_MAX",
+    "MALFORMED_CSV",
     "MALFORMED_JSON",
     "MISSING_ID",
     "RARE_ID",
     "REASONS",
     "REPLACEMENT_CHAR",
+    "SUCCESS_FILE",
     "UNDECODABLE",
     "UNSEEN_ID",
     "VALUE_PRESENT_ID",
     "VOCAB_FIRST_ID",
     "WRONG_COLUMN_COUNT",
     "YYMMDDHH_PATTERN",
+    "csv_patterns",
     "log_bin",
+    "regex_quote",
 ]
 
 # -- quarantine reasons ------------------------------------------------------------------------
 UNDECODABLE = "undecodable"  # the line is not valid UTF-8
 MALFORMED_JSON = "malformed_json"  # jsonl: not a JSON object
+MALFORMED_CSV = "malformed_csv"  # csv: quoting that is not RFC 4180 (e.g. an unclosed quote)
 WRONG_COLUMN_COUNT = "wrong_column_count"  # tsv/csv: not exactly len(input.columns) values
 BAD_LABEL = "bad_label"  # label not in label.positive ∪ label.negative
 BAD_INT = "bad_int"  # numeric dtype=int field: present but not [+-]digits within int64
@@ -49,6 +54,7 @@ BAD_SPLIT_KEY = "bad_split_key"  # time split: split column missing or unparseab
 REASONS = (
     UNDECODABLE,
     MALFORMED_JSON,
+    MALFORMED_CSV,
     WRONG_COLUMN_COUNT,
     BAD_LABEL,
     BAD_INT,
@@ -68,6 +74,32 @@ REPLACEMENT_CHAR = "\ufffd"
 INT_PATTERN = r"[+-]?[0-9]+"
 FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
 YYMMDDHH_PATTERN = r"[0-9]{8}"
+
+# A finished dataset (Hadoop's marker); the serving encoder refuses a folder without it.
+SUCCESS_FILE = "_SUCCESS"
+
+
+def regex_quote(text: str) -> str:
+    """A regex matching ``text`` literally, read the same by Java and Python: ASCII
+    punctuation and whitespace escaped with a backslash."""
+    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() else c for c in text)
+
+
+def csv_patterns(separator: str) -> tuple[str, str]:
+    """RFC 4180 regexes for one separator: (a well-formed line, a quoted section).
+
+    A field is either quoted (``"..."``, a quote inside doubled) or unquoted without any
+    quote or separator. A line that is not fields joined by the separator is
+    ``malformed_csv`` in both executors (e.g. ``a,"b`` or ``a, "b"``), so Spark's CSV parser
+    and Python's only ever see lines on which they agree. The unrolled ``[^"]*(?:""[^"]*)*``
+    keeps Java's regex engine from recursing per character on long fields.
+    """
+    sep = regex_quote(separator)
+    quoted = r'"[^"]*(?:""[^"]*)*"'
+    first = regex_quote(separator[0])
+    field = f'(?:{quoted}|[^"{first}]*)' if len(separator) == 1 else f'(?:{quoted}|[^"]*?)'
+    return f"{field}(?:{sep}{field})*", quoted
+
 
 # -- local id layout shared by every encoding (see README, "Id layout") -----------------------
 MISSING_ID = 0  # value absent / empty (also the padding slot of a multi-valued field)
