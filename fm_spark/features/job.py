@@ -9,7 +9,7 @@ Stages, each a Spark job over rows parsed and validated once (and cached):
    and summary as ``<output>.failed/`` for the operator;
 4. fit on the train split (:class:`.featurizer.Featurizer`): vocabularies, bin edges;
 5. transform the good rows and write ``train``/``valid``/``test`` in one partitioned write;
-6. ``feature_map.json`` and ``summary.json``, then the atomic publish (:class:`.io.AtomicOutput`).
+6. ``feature_map.json`` and ``summary.json``, then the safe publish (:mod:`.publish`).
 
 Everything on the data path is Spark SQL expressions: no Python UDF, no collected rows.
 """
@@ -31,7 +31,8 @@ from pyspark.sql import functions as F
 from fm_spark.config import DatasetConfig, config_hash
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
 from fm_spark.features.featurizer import Featurizer, FeaturizerModel
-from fm_spark.features.io import AtomicOutput, HadoopFS, OutputExistsError
+from fm_spark.features.io import HadoopFS
+from fm_spark.features.publish import Publisher, PublishError
 from fm_spark.features.quarantine import (
     DETAIL,
     LABEL,
@@ -106,10 +107,10 @@ def featurize(
 
         spark = get_spark("fm-spark-featurize")
     clock = _Clock()
-    out = AtomicOutput(spark, output, overwrite=overwrite)
     try:
+        out = Publisher(spark, output, overwrite=overwrite, marker_files=(FEATURE_MAP_FILE,))
         staging = out.begin()
-    except OutputExistsError as exc:
+    except PublishError as exc:
         raise FeaturizeError(str(exc)) from None
     parsed = None
     try:
@@ -117,6 +118,8 @@ def featurize(
         summary = _run(cfg, parsed, input_path, out, staging, clock)
         out.commit()
         return summary
+    except PublishError as exc:
+        raise FeaturizeError(str(exc)) from None
     except AnalysisException as exc:
         out.abort()
         raise FeaturizeError(f"cannot read input {input_path!r}: {_first_line(exc)}") from None
@@ -132,7 +135,7 @@ def _run(
     cfg: DatasetConfig,
     parsed: DataFrame,
     input_path: str | list[str],
-    out: AtomicOutput,
+    out: Publisher,
     staging: str,
     clock: _Clock,
 ) -> dict[str, Any]:
@@ -257,7 +260,7 @@ def _write_quarantine(rows: DataFrame, fs: HadoopFS, staging: str, n_bad: int) -
 
 
 def _check_bad_fraction(
-    cfg: DatasetConfig, summary: dict[str, Any], out: AtomicOutput, clock: _Clock
+    cfg: DatasetConfig, summary: dict[str, Any], out: Publisher, clock: _Clock
 ) -> None:
     if summary["rows_read"] == 0:
         raise FeaturizeError(f"no rows read from {summary['input']!r}: is the input empty?")
