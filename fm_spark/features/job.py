@@ -112,11 +112,13 @@ def featurize(
         staging = out.begin()
     except PublishError as exc:
         raise FeaturizeError(str(exc)) from None
+    log.info("featurize: %s -> %s (job %s)", input_path, out.final, out.job_id)
     parsed = None
     try:
         parsed = _parse(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
         summary = _run(cfg, parsed, input_path, out, staging, clock)
         out.commit()
+        log.info("featurize: published %s in %.1fs", out.final, time.monotonic() - clock.start)
         return summary
     except PublishError as exc:
         raise FeaturizeError(str(exc)) from None
