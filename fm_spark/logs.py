@@ -21,6 +21,22 @@ LEVEL_ENV = "FM_SPARK_LOG"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is at each line: click's and pytest's runners swap it, and a
+    handler holding the stream of its creation would write to a closed one later."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging(level: int | str | None = None) -> None:
     """INFO (or ``level``, or ``$FM_SPARK_LOG``) lines from ``fm_spark`` loggers on stderr.
 
@@ -37,6 +53,6 @@ def setup_logging(level: int | str | None = None) -> None:
     if logger.level == logging.NOTSET or level is not None:
         logger.setLevel(wanted)
     if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
         logger.addHandler(handler)
