@@ -210,8 +210,12 @@ class OutputSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    optimizer: Literal["adam", "adagrad"] = "adam"
-    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "adagrad", "ftrl"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)  # FTRL's alpha when optimizer is ftrl
+    # FTRL-Proximal's beta, L1 and L2 (McMahan et al., 2013); unused by adam and adagrad.
+    ftrl_beta: float = Field(default=1.0, ge=0)
+    ftrl_l1: float = Field(default=0.0, ge=0)
+    ftrl_l2: float = Field(default=0.0, ge=0)
     batch_size: PositiveInt = 4096
     epochs: PositiveInt = 10
     l2_embed: float = Field(default=0.0, ge=0)
