@@ -94,8 +94,10 @@ def featurize(
     """Raw logs -> field-indexed Parquet (train/valid/test) + feature_map.json."""
     from fm_spark.features.job import FeaturizeError
     from fm_spark.features.job import featurize as run
+    from fm_spark.logs import setup_logging
 
     cfg = _load(config_path, overrides)
+    setup_logging()
     try:
         summary = run(cfg, input_path, output, overwrite=overwrite)
     except FeaturizeError as exc:

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from fm_spark.features.encodings import ENCODINGS, FieldDef, Param, all_params
 from fm_spark.features.encodings.modifiers import MULTI_PARAMS, TRANSFORMS
@@ -55,6 +63,17 @@ class InputSpec(_Strict):
     columns: list[str] = Field(min_length=1)
     header: bool = False
     separator: str | None = None  # default: tab for tsv, comma for csv
+
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, columns: list[str]) -> list[str]:
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise ValueError(
+                f"duplicate column names {dupes}: each column needs its own name (a field "
+                "would silently read another column)"
+            )
+        return columns
 
     @property
     def sep(self) -> str:
