@@ -185,6 +185,10 @@ class TrainSpec(_Strict):
     reader_pool: Literal["thread", "dummy"] = "thread"
     reader_workers: PositiveInt = 2
     log_every_steps: PositiveInt = 50
+    # Small splits: the batch shrinks to give an epoch at least this many steps, and the
+    # learning rate follows it (fm_spark/train/sizing.py; README, Defaults).
+    min_steps_per_epoch: PositiveInt = 50
+    lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
 
 
 class DatasetConfig(_Strict):
