@@ -55,7 +55,7 @@ def test_a_map_from_another_run_is_refused(planted, tmp_path) -> None:
         b["offset"] = a["offset"] + a["size"]
 
     _edit_map(data, swap)
-    with pytest.raises(TrainError, match="does not match feature_map.json"):
+    with pytest.raises(TrainError, match=r"does not match feature_map\.json"):
         train(config(epochs=1), str(data), "lr", tmp_path / "run")
 
 

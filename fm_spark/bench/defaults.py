@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import yaml
 
 from fm_spark.config import DatasetConfig, TrainSpec
 from fm_spark.features.feature_map import FeatureMap
@@ -57,7 +58,7 @@ def parse_config_name(name: str) -> dict[str, Any]:
     out: dict[str, Any] = {"optimizer": opt, "lr": float(lr), "batch_size": int(batch)}
     for item in extra:
         key, val = item.split("=")
-        out[key] = float(val)
+        out[key] = yaml.safe_load(val)
     return out
 
 
@@ -86,9 +87,13 @@ def run_one(
 ) -> dict[str, Any]:
     from fm_spark.data.reader import Batch
     from fm_spark.train.loop import StepFn, build, make_optimizers
+    from fm_spark.train.sizing import fit_to_data
 
     spec = TrainSpec.model_validate({**cfg.train.model_dump(), **train_over})
-    cfg = cfg.model_copy(update={"train": spec})
+    cfg = fit_to_data(
+        cfg.model_copy(update={"train": spec}), int(splits["train"]["label"].shape[0])
+    )
+    spec = cfg.train
     torch.manual_seed(seed)
     net = build(cfg, model, fmap)
     opts = make_optimizers(net, spec)
@@ -124,6 +129,8 @@ def run_one(
     return {
         "model": model,
         **train_over,
+        "fitted_batch_size": spec.batch_size,
+        "fitted_lr": spec.lr,
         "best_epoch": best[1],
         "epochs_run": len(history),
         "valid_auc": chosen["valid"]["auc"],
@@ -188,6 +195,25 @@ def main(argv: list[str] | None = None) -> None:
                     f"{r['seconds_to_best']:.0f}s",
                     flush=True,
                 )
+
+
+def table(paths: list[str]) -> str:
+    """Markdown: one row per (dataset, config), test AUC (best epoch / epochs run) per model."""
+    runs = [json.loads(line) for p in paths for line in Path(p).read_text().splitlines()]
+    models = list(dict.fromkeys(r["model"] for r in runs))
+    keys = list(dict.fromkeys((r["dataset"], r["config"]) for r in runs))
+    cell = {(r["dataset"], r["config"], r["model"]): r for r in runs}
+    lines = [
+        "| data | optimizer/lr/batch | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    for ds, conf in keys:
+        row = []
+        for m in models:
+            r = cell.get((ds, conf, m))
+            row.append(f"{r['test_auc']:.4f} ({r['best_epoch']}/{r['epochs_run']})" if r else "")
+        lines.append(f"| {ds} | `{conf}` | " + " | ".join(row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
