@@ -172,7 +172,37 @@ def test_feature_map_describes_the_output(mini):
     assert fmap.fields[1].hash_salt == "dev:" and fmap.hash_seed == 42
     assert fmap.splits["valid"].rows == 3 and fmap.splits["valid"].positives == 2
     assert fmap.config_hash == summary["config_hash"]
-    assert fmap.extra["field_dtypes"] == {"cnt": "int", "num": "float", "price": "float"}
+    dtypes = {f.name: f.dtype for f in fmap.fields if f.dtype != "string"}
+    assert dtypes == {"cnt": "int", "num": "float", "price": "float"}
+    assert {f.dtype for f in fmap.fields if f.kind != "numeric"} == {"string"}
+    assert fmap.input.sep == "," and fmap.label.column == "label" and fmap.split.method == "time"
+    # Fingerprints: one per field, over its fitted state; the map's over layout + fields.
+    assert len({f.fingerprint for f in fmap.fields}) == len(fmap.fields)
+    assert all(len(f.vocab_digest) == 16 for f in fmap.fields if f.vocab_path)
+    assert FeatureMap.load(out).fingerprint == fmap.fingerprint
+
+
+def test_feature_map_v1_and_edited_maps_are_refused(mini, tmp_path):
+    out, _, _ = mini
+    data = json.loads((out / "feature_map.json").read_text())
+    v1 = {**data, "schema_version": 1}
+    (tmp_path / "feature_map.json").write_text(json.dumps(v1))
+    with pytest.raises(ValueError, match="re-run `fm-spark featurize`"):
+        FeatureMap.load(tmp_path)
+    edited = json.loads(json.dumps(data))
+    edited["fields"][3]["bin_edges"][0] += 1.0
+    (tmp_path / "feature_map.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="fingerprint"):
+        FeatureMap.load(tmp_path)
+    # A changed fitted state changes both fingerprints; moving nothing changes nothing.
+    fmap = FeatureMap.load(out)
+    fields = list(fmap.fields)
+    fields[3] = fields[3].model_copy(update={"bin_edges": [0.0], "fingerprint": ""})
+    fields[3] = type(fields[3]).model_validate(fields[3].model_dump())
+    changed = fmap.model_copy(update={"fields": fields})
+    assert changed.fields[3].fingerprint != fmap.fields[3].fingerprint
+    assert changed.fingerprint != fmap.fingerprint
+    assert FeatureMap.synthetic([3, 4]).fingerprint == FeatureMap.synthetic([3, 4]).fingerprint
 
 
 def test_output_layout(mini):

@@ -7,7 +7,7 @@ Stages, each a Spark job over rows parsed and validated once (and cached):
 3. quarantine written (``quarantine/``, JSON lines: raw, reason, detail, source_file); if the
    bad fraction exceeds ``max_bad_fraction`` the job stops here, publishing the quarantine
    and summary as ``<output>.failed/`` for the operator;
-4. fit on the train split (:class:`.encoders.Featurizer`): vocabularies, bin edges;
+4. fit on the train split (:class:`.featurizer.Featurizer`): vocabularies, bin edges;
 5. transform the good rows and write ``train``/``valid``/``test`` in one partitioned write;
 6. ``feature_map.json`` and ``summary.json``, then the atomic publish (:class:`.io.AtomicOutput`).
 
@@ -29,8 +29,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, config_hash
-from fm_spark.features.encoders import Featurizer, FeaturizerModel
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
+from fm_spark.features.featurizer import Featurizer, FeaturizerModel
 from fm_spark.features.io import AtomicOutput, HadoopFS, OutputExistsError
 from fm_spark.features.quarantine import (
     DETAIL,
@@ -152,7 +152,7 @@ def _run(
             f"({summary['rows_read']} rows read): nothing to learn vocabularies from"
         )
     try:
-        model = Featurizer(tuple(cfg.resolved_fields())).fit(
+        model = Featurizer(tuple(cfg.field_defs())).fit(
             rows.where(F.col(SPLIT) == "train"), staging
         )
     except ValueError as exc:  # e.g. more features than int32 ids can address
@@ -164,7 +164,9 @@ def _run(
         dataset=cfg.name,
         config_hash=config_hash(cfg, sections=CONFIG_HASH_SECTIONS),
         splits={s: SplitStats(**counts["splits"][s]) for s in SPLITS},
-        extra=_encoder_extra(cfg),
+        input=cfg.input.model_copy(update={"separator": cfg.input.sep}),
+        label=cfg.label,
+        split=cfg.split,
     )
     out.fs.write_text(out.fs.join(staging, FEATURE_MAP_FILE), fmap.to_json())
     summary.update(num_features=fmap.num_features, config_hash=fmap.config_hash)
@@ -351,18 +353,6 @@ def parquet_row_group_options(rows: int, model: FeaturizerModel) -> dict[str, st
         "parquet.block.size": str(max(1024, 4 * columns * rows)),
         "parquet.page.row.count.limit": str(max(20_000, rows)),
         "parquet.page.size": str(max(1 << 20, 8 * rows)),
-    }
-
-
-def _encoder_extra(cfg: DatasetConfig) -> dict[str, Any]:
-    """What the serving encoder needs beyond FieldInfo to parse raw rows the same way."""
-    return {
-        "input": {**cfg.input.model_dump(mode="json"), "separator": cfg.input.sep},
-        "label": cfg.label.model_dump(mode="json"),
-        "field_dtypes": {f.name: f.dtype for f in cfg.fields if f.kind == "numeric"},
-        "split": cfg.split.model_dump(mode="json"),
-        "multi_value_policy": "distinct non-empty tokens, first max_values kept",
-        "vocab_schema": "token string, count int64, id int32 (local id; 2 = rare)",
     }
 
 
