@@ -42,10 +42,9 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from fm_spark.features.feature_map import FeatureMap
-from fm_spark.train.metrics import log_loss, roc_auc
-
 from fm_spark.features.spec import BAD_INT, BAD_LABEL, UNDECODABLE, WRONG_COLUMN_COUNT
 from fm_spark.features.spec import log_bin as _spec_log_bin
+from fm_spark.train.metrics import log_loss, roc_auc
 
 BAD_KINDS = (WRONG_COLUMN_COUNT, BAD_LABEL, BAD_INT, UNDECODABLE)
 TRUTH_SUFFIX = ".truth"

@@ -41,6 +41,14 @@ def test_sizes_lowered_by_hand_are_refused_before_anything_is_written(planted, t
 
     _edit_map(data, shrink)
     run = tmp_path / "run"
+    with pytest.raises(TrainError, match="fingerprint"):  # the field no longer matches it
+        train(config(epochs=1), str(data), "lr", run)
+    assert not run.exists()
+
+    def forge(fmap: dict) -> None:  # ... and a fingerprint recomputed to match the edit
+        fmap["fields"][1]["fingerprint"] = ""
+
+    _edit_map(data, forge)
     with pytest.raises(TrainError, match=r"column 'f1' holds ids .* field 'f1' owns"):
         train(config(epochs=1), str(data), "lr", run)
     assert not run.exists()
@@ -53,6 +61,8 @@ def test_a_map_from_another_run_is_refused(planted, tmp_path) -> None:
         a, b = fmap["fields"][0], fmap["fields"][1]
         a["size"], b["size"] = b["size"], a["size"]
         b["offset"] = a["offset"] + a["size"]
+        for f in (a, b):
+            f["fingerprint"] = ""  # as a map of another run would have its own
 
     _edit_map(data, swap)
     with pytest.raises(TrainError, match=r"does not match feature_map\.json"):
@@ -109,3 +119,19 @@ def test_temporary_files_of_a_killed_save_are_removed(tmp_path) -> None:
     checkpoint.atomic_save({"epoch": 1}, tmp_path / "checkpoint.pt")
     assert not stale.exists() and live.exists()
     assert checkpoint.load(tmp_path / "checkpoint.pt") == {"epoch": 1}
+
+
+def test_resume_on_other_features_is_refused(planted, tmp_path) -> None:
+    run = tmp_path / "run"
+    train(config(epochs=1), str(planted[0]), "lr", run)
+    other = tmp_path / "other"
+    from fm_spark.datagen import write_planted_dataset
+
+    write_planted_dataset(
+        other,
+        rows={"train": 2000, "valid": 500, "test": 500},
+        seed=1,
+        field_sizes=[7, 10, 8, 12, 5, 6, 10, 8],
+    )
+    with pytest.raises(TrainError, match="another fingerprint"):
+        train(config(epochs=2), str(other), "lr", run, resume=True)

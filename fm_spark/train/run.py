@@ -133,19 +133,37 @@ def check_data_dir(data_dir: str, run_dir: Path | None = None) -> tuple[FeatureM
     return fmap, layouts
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_temps(run_dir)
+def _prepare_run_dir(run_dir: Path, resume: bool, fmap: FeatureMap | None = None) -> None:
     has_checkpoint = (run_dir / checkpoint.CHECKPOINT_FILE).exists()
     if has_checkpoint and not resume:
         raise TrainError(
             f"{run_dir} already holds a run ({checkpoint.CHECKPOINT_FILE}); pass --resume to "
             "continue it, or choose another --output"
         )
+    if has_checkpoint and fmap is not None:
+        checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)  # unreadable: refused here
+        _check_same_features(run_dir, fmap)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temps(run_dir)
     if not has_checkpoint:
         for name in (checkpoint.BEST_FILE, MODEL_FILE, METRICS_FILE):
             (run_dir / name).unlink(missing_ok=True)
     (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def _check_same_features(run_dir: Path, fmap: FeatureMap) -> None:
+    """``--resume`` continues training on the features the run started with, or refuses."""
+    theirs = run_dir / FEATURE_MAP_FILE
+    try:
+        earlier = FeatureMap.load(theirs).fingerprint
+    except (OSError, ValueError):
+        earlier = None
+    if earlier != fmap.fingerprint:
+        raise TrainError(
+            f"{run_dir} was trained on features with another fingerprint ({earlier}) than "
+            f"--data's ({fmap.fingerprint}): its ids mean different things. Resume with the "
+            "data it started on, or train into another --output"
+        )
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -181,7 +199,7 @@ def train(
     except DataError as exc:
         raise TrainError(str(exc)) from None
     _report_shards(layouts["train"], spec.workers, steps, worker_batch)
-    _prepare_run_dir(run_dir, resume)
+    _prepare_run_dir(run_dir, resume, fmap)
     # Accepted: from here on the run directory is written.
     (run_dir / FEATURE_MAP_FILE).write_text(fmap.to_json(), encoding="utf-8")
     (run_dir / CONFIG_FILE).write_text(
