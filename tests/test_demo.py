@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 ROOT = Path(__file__).resolve().parent.parent
 # Few epochs: these tests check behaviour, the demo's quality is measured by `make demo`.
-QUICK = ["train.epochs=3", "train.device=cpu"]
+QUICK = ["train.epochs=2", "train.device=cpu"]
 
 
 @pytest.fixture(scope="module")

@@ -174,8 +174,8 @@ def run(device: str = "cpu", quick: bool = False) -> str:
             cfg = load_config(conf)
             data = work / f"features-{cfg.name}"
             featurize(cfg, str(log), str(data), spark=spark)
-            ours = _ours(cfg, data, work, device)
             ref = _mllib(_mllib_frames(spark, data))
+            ours = _ours(cfg, data, work, device)
             sections.append(_table(name, ours, ref, oracle))
     finally:
         shutil.rmtree(work, ignore_errors=True)
