@@ -261,3 +261,12 @@ def test_serving_encodes_real_output_without_spark_and_needs_success(mini, tmp_p
     (unfinished / "_SUCCESS").unlink()
     with pytest.raises(FileNotFoundError, match="_SUCCESS"):
         FeatureEncoder.load(unfinished)
+    # A vocabulary that is not the one the map was fitted with is refused (the digest Spark
+    # computed at fit time is checked in Python on every load).
+    (unfinished / "_SUCCESS").write_text("")
+    cat = pq.read_table(unfinished / "vocab" / "cat").to_pandas()
+    shutil.rmtree(unfinished / "vocab" / "cat")
+    (unfinished / "vocab" / "cat").mkdir()
+    cat.assign(id=cat["id"][::-1].to_numpy()).to_parquet(unfinished / "vocab" / "cat" / "p.parquet")
+    with pytest.raises(ValueError, match="vocab_digest"):
+        FeatureEncoder.load(unfinished)

@@ -270,13 +270,15 @@ def test_killed_run_leaves_nothing_and_rerun_works(spark, tmp_path, monkeypatch)
 
 
 def test_existing_output_is_refused_unless_overwrite(spark, mini, tmp_path):
+    """A finished dataset is replaced only with --overwrite (a folder that is not a dataset
+    never is: tests/test_publish.py)."""
     _, _, src = mini
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("someone's data")
-    with pytest.raises(FeaturizeError, match="--overwrite"):
+    featurize(mini_config(), str(src), str(out), spark=spark)
+    before = (out / "feature_map.json").read_bytes()
+    with pytest.raises(FeaturizeError, match="finished dataset; pass --overwrite"):
         featurize(mini_config(), str(src), str(out), spark=spark)
-    assert (out / "keep.txt").read_text() == "someone's data"
+    assert (out / "feature_map.json").read_bytes() == before
 
     # Through the CLI: --overwrite replaces it, the summary is the one JSON line on stdout.
     cfg_file = tmp_path / "mini.yaml"
@@ -290,7 +292,7 @@ def test_existing_output_is_refused_unless_overwrite(spark, mini, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["status"] == "ok" and summary["output"].endswith("/out")
-    assert not (out / "keep.txt").exists() and (out / "_SUCCESS").exists()
+    assert (out / "_SUCCESS").exists()
     cat = FeatureMap.load(out).fields[0]
     assert cat.name == "cat" and cat.size == 6  # a, b and now c kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.yaml", "out"]
@@ -302,6 +304,7 @@ def test_too_many_bad_rows_fails_after_writing_the_quarantine(spark, mini, tmp_p
     failed = Path(f"{out}.failed")
     failed.mkdir()
     (failed / "from_an_older_run").write_text("")
+    (failed / "_FAILED").write_text("an older job\n")  # what marks it as made by a failed run
     with pytest.raises(FeaturizeError) as err:
         featurize(mini_config(max_bad_fraction=0.01), str(src), str(out), spark=spark)
     message = str(err.value)

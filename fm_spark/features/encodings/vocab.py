@@ -192,7 +192,17 @@ class Vocab(TokenEncoding):
 
     # -- numpy -------------------------------------------------------------------------------
     def load(self, directory: Path) -> None:
-        self.vocabulary = Vocabulary.read(Path(directory) / self.fitted["vocab_path"])
+        """Read the vocabulary and check it against the digest in the feature map: a
+        vocabulary from another run (or edited) would silently give other ids."""
+        path = Path(directory) / self.fitted["vocab_path"]
+        vocabulary = Vocabulary.read(path)
+        expected = self.fitted.get("vocab_digest")
+        if expected and vocab_digest(vocabulary.tokens, vocabulary.ids) != expected:
+            raise ValueError(
+                f"vocabulary {path} does not match the feature map's vocab_digest {expected}: "
+                "it belongs to another featurize run; re-run `fm-spark featurize`"
+            )
+        self.vocabulary = vocabulary
 
     def np_index(self, tokens: np.ndarray) -> np.ndarray:
         if self.vocabulary is None:
