@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -10,6 +10,9 @@ from torch import nn
 from fm_spark.config import DatasetConfig, TrainSpec
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.train.errors import TrainError
+
+if TYPE_CHECKING:
+    from fm_spark.train.optim import Exchange
 
 __all__ = ["build", "make_optimizers", "model_hparams"]
 
@@ -38,24 +41,54 @@ def build(cfg: DatasetConfig, name: str, fmap: FeatureMap, dense_only: bool = Fa
         raise TrainError(f"cannot build model {name!r}: {exc}") from None
 
 
-def make_optimizers(model: nn.Module, spec: TrainSpec) -> list[torch.optim.Optimizer]:
-    """Dense parameters get Adam/Adagrad; sparse embedding tables their sparse counterpart.
+def make_optimizers(
+    model: nn.Module,
+    spec: TrainSpec,
+    *,
+    exchange: Exchange | None = None,
+    row_updates: bool = True,
+) -> list[torch.optim.Optimizer]:
+    """The dense parameters' optimizer and, for tables built ``sparse``, the row optimizer.
 
-    ``SparseAdam`` updates only the rows a batch touched (lazy Adam); ``Adagrad`` handles
-    sparse gradients itself. Weight decay is left out on purpose: on a sparse table it would
-    touch every row; L2 comes from the model's ``penalty`` on the rows in the batch instead.
+    ``row_updates`` (training's path) gives the tables a :class:`RowOptimizer` with
+    ``spec.optimizer``'s rule; ``exchange`` is the DDP row all-gather. Without it the tables keep
+    ``nn.Embedding``'s sparse COO gradients for ``SparseAdam``/``Adagrad``: the generic path,
+    kept as the reference the row path is tested and benchmarked against (FTRL has none).
+    Weight decay is left out on purpose: on a table it would touch every row; L2 comes from
+    the model's ``penalty`` on the rows in the batch instead.
     """
+    from fm_spark.train.optim import FTRL, RowOptimizer
+
     sparse = list(model.sparse_parameters())
     dense = list(model.dense_parameters())
     opts: list[torch.optim.Optimizer] = []
-    if spec.optimizer == "adam":
-        if dense:
+    if dense:
+        if spec.optimizer == "adam":
             opts.append(torch.optim.Adam(dense, lr=spec.lr))
-        if sparse:
-            opts.append(torch.optim.SparseAdam(sparse, lr=spec.lr))
-    else:
-        if dense:
+        elif spec.optimizer == "adagrad":
             opts.append(torch.optim.Adagrad(dense, lr=spec.lr))
-        if sparse:
-            opts.append(torch.optim.Adagrad(sparse, lr=spec.lr))
+        else:
+            opts.append(
+                FTRL(dense, lr=spec.lr, beta=spec.ftrl_beta, l1=spec.ftrl_l1, l2=spec.ftrl_l2)
+            )
+    if not sparse:
+        return opts
+    if row_updates:
+        opts.append(
+            RowOptimizer(
+                model.row_tables(),
+                rule=spec.optimizer,
+                lr=spec.lr,
+                ftrl_beta=spec.ftrl_beta,
+                ftrl_l1=spec.ftrl_l1,
+                ftrl_l2=spec.ftrl_l2,
+                exchange=exchange,
+            )
+        )
+    elif spec.optimizer == "adam":
+        opts.append(torch.optim.SparseAdam(sparse, lr=spec.lr))
+    elif spec.optimizer == "adagrad":
+        opts.append(torch.optim.Adagrad(sparse, lr=spec.lr))
+    else:
+        raise TrainError("ftrl updates sparse tables only through row updates")
     return opts

@@ -58,6 +58,9 @@ class StepFn:
 
     def __call__(self, batch: Batch) -> float:
         ids, values, label = to_device(batch, self.device)
+        # Before the forward pass: row optimizers forget the last step's lookups here.
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             logits = self.net(ids, values)
         # Mean BCE plus the per-example L2 (penalty sums over the batch's rows).
@@ -65,8 +68,6 @@ class StepFn:
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteStep(value)
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
         loss.backward()
         for opt in self.optimizers:
             opt.step()

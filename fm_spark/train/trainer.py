@@ -53,6 +53,7 @@ from fm_spark.train.factory import build, make_optimizers, model_hparams
 from fm_spark.train.failure import record_failure
 from fm_spark.train.logs import log, setup_logging
 from fm_spark.train.progress import Progress
+from fm_spark.train.row_exchange import RowExchange
 from fm_spark.train.step import NonFiniteStep, StepFn, non_finite_message
 
 __all__ = ["WorkerJob", "train_worker"]
@@ -118,44 +119,26 @@ class Trainer:
         self.job, self.cfg, self.ctx, self.spec = job, cfg, ctx, cfg.train
         self.run_dir = Path(job.run_dir)
         self.fmap = FeatureMap.load(job.feature_map)
+        self.rss_at_start = _peak_rss()
+        self.steps_run = 0
 
     # -- setup ------------------------------------------------------------------------------
-    def _dense_only(self) -> bool:
-        """Multi-worker runs train with dense embedding gradients.
-
-        NCCL cannot all-reduce sparse gradients at all. On gloo, torch 2.13's DDP with sparse
-        embedding gradients corrupted worker heaps here (SIGSEGV / SIGABRT "malloc(): unaligned
-        tcache chunk", or a hang, in roughly 1 of 3 runs of a few thousand steps whenever
-        another thread allocated, e.g. the data path; reproduced with a bare sparse
-        ``nn.Embedding``, no Petastorm), while the same runs with dense gradients never
-        failed. Dense gradients cost an all-reduce and an optimizer update of whole tables
-        per step; one worker keeps ``train.sparse``.
-        """
-        if not self.ctx.distributed:
-            return False
-        if model_hparams(self.cfg, self.job.model)["sparse"] and self.ctx.is_main:
-            log.info(
-                "%d workers: %s trains with dense embedding gradients (sparse ones are not "
-                "safe under DDP here, see trainer.Trainer._dense_only)",
-                self.ctx.world_size,
-                self.job.model,
-            )
-        return True
-
     def run(self) -> dict[str, Any]:
         spec, ctx = self.spec, self.ctx
+        # One seed for the model on every rank: DDP broadcasts rank 0's dense parameters,
+        # but the tables stay out of DDP, so every replica must start from the same ones.
+        _seed(spec.seed)
+        self.model = build(self.cfg, self.job.model, self.fmap).to(ctx.device)
         _seed(spec.seed + ctx.rank)
-        dense_only = self._dense_only()
-        self.model = build(self.cfg, self.job.model, self.fmap, dense_only).to(ctx.device)
-        self.hparams = model_hparams(self.cfg, self.job.model, dense_only)
-        self.optimizers = make_optimizers(self.model, spec)
+        self.hparams = model_hparams(self.cfg, self.job.model)
+        self.exchange = RowExchange(ctx.world_size) if ctx.distributed else None
+        self.optimizers = make_optimizers(self.model, spec, exchange=self.exchange)
         self.stopper = EarlyStopping(spec.early_stopping_metric, spec.patience)
         self.history: list[dict[str, Any]] = []
         start = self._resume() if self.job.resume else 0
         net: nn.Module = self.model
         if ctx.distributed:
-            device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+            net = _ddp(self.model, ctx)
         step_fn = StepFn(net, self.model, self.optimizers, ctx.device)
         for epoch in range(start + 1, spec.epochs + 1):
             if self.stopper.should_stop:
@@ -244,6 +227,7 @@ class Trainer:
                             )
                         ) from None
                     progress.update(step, loss)
+                    self.steps_run += 1
         finally:
             progress.close()
         seconds = time.perf_counter() - progress.start
@@ -325,6 +309,12 @@ class Trainer:
             "world_size": self.ctx.world_size,
         }
 
+    def _exchange_bytes_per_step(self) -> float | None:
+        """What the row all-gather moved per step (all workers' padded rows), or None."""
+        if self.exchange is None or not self.steps_run:
+            return None
+        return self.exchange.payload_bytes / self.steps_run
+
     def _summary(self) -> dict[str, Any]:
         seconds = sum(h["seconds"] for h in self.history)
         samples = sum(h["samples_per_s"] * h["seconds"] for h in self.history)
@@ -338,9 +328,31 @@ class Trainer:
             "workers": self.ctx.world_size,
             "device": self.ctx.device.type,
             "sparse": self.hparams["sparse"],
+            "row_exchange_bytes_per_step": self._exchange_bytes_per_step(),
+            "worker_memory": self.ctx.all_gather(_memory(self.rss_at_start)),
             "history": self.history,
         }
         return self.ctx.broadcast(summary)
+
+
+def _ddp(model: nn.Module, ctx: WorkerContext) -> nn.Module:
+    """DDP over the dense parameters only: the row tables sync through their RowExchange."""
+    tables = {id(t.weight) for t in model.row_tables()} if hasattr(model, "row_tables") else set()
+    ignored = [name for name, p in model.named_parameters() if id(p) in tables]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _memory(rss_at_start: int) -> dict[str, int]:
+    return {"peak_rss": _peak_rss(), "rss_at_start": rss_at_start}
 
 
 def _seed(seed: int) -> None:
