@@ -105,7 +105,8 @@ def featurize(
         sys.exit(2)
     from fm_spark.tracking import log_featurize_run
 
-    summary["mlflow_run_id"] = log_featurize_run(summary, output, tracking_uri)
+    run_id = log_featurize_run(summary, output, tracking_uri)
+    click.echo(f"MLflow run {run_id}", err=True)
     _emit(summary)
 
 

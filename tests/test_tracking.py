@@ -23,6 +23,11 @@ def test_training_run_params_metrics_artifacts(registered, ctr_data):
     assert p["model.embed_dim"] == "16" and p["data_dir"] == str(ctr_data.features)
     for key in ("config_hash", "feature_map_hash", "workers", "device", "train.optimizer"):
         assert key in p
+    from fm_spark.features.feature_map import FeatureMap
+
+    fmap = FeatureMap.load(ctr_data.features)
+    assert p["feature_map_fingerprint"] == fmap.fingerprint
+    assert p["field.C1"] == fmap.fields[[f.name for f in fmap.fields].index("C1")].fingerprint
     m = run.data.metrics
     assert 0.0 < m["test_auc"] < 1.0 and m["test_logloss"] > 0 and "valid_auc" in m
     history = c.get_metric_history(run.info.run_id, "epoch/train_loss")

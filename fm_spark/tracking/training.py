@@ -13,6 +13,7 @@ pyfunc of :mod:`fm_spark.registry`, registered under ``register`` with the alias
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,8 @@ __all__ = [
     "train_tracked",
     "training_params",
 ]
+
+log = logging.getLogger("fm_spark.tracking")
 
 RUN_ID_FILE = "mlflow_run.json"
 MODEL_ARTIFACT = "model"
@@ -255,14 +258,21 @@ def log_training_results(
     from fm_spark.registry.model import log_pyfunc
 
     with tempfile.TemporaryDirectory(prefix="fm-spark-bundle-") as tmp:
-        info, scorer = log_pyfunc(
-            data_dir,
-            run_dir,
-            Path(tmp) / "bundle",
-            MODEL_ARTIFACT,
-            register=register,
-            metrics=metrics,
-        )
+        try:
+            info, scorer = log_pyfunc(
+                data_dir,
+                run_dir,
+                Path(tmp) / "bundle",
+                MODEL_ARTIFACT,
+                register=register,
+                metrics=metrics,
+            )
+        except ValueError as exc:  # e.g. a synthetic feature map: no raw format to parse
+            if register:
+                raise ValueError(f"cannot register {register!r}: {exc}") from None
+            log.warning("no pyfunc logged (weights only): %s", exc)
+            mlflow.log_artifact(str(run_dir / "model.pt"))
+            return {"model_uri": None}
         _log_plots(scorer, data_dir, history, Path(tmp), f"{cfg.name} {model}")
     out: dict[str, Any] = {"model_uri": info.model_uri}
     if register:
