@@ -17,7 +17,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from fm_spark.features.encodings import ENCODINGS, FieldDef, Param, all_params
+from fm_spark.features.encodings.modifiers import MULTI_PARAMS, TRANSFORMS
 
 __all__ = [
     "ConfigError",
@@ -53,6 +64,17 @@ class InputSpec(_Strict):
     header: bool = False
     separator: str | None = None  # default: tab for tsv, comma for csv
 
+    @field_validator("columns")
+    @classmethod
+    def _distinct_columns(cls, columns: list[str]) -> list[str]:
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise ValueError(
+                f"duplicate column names {dupes}: each column needs its own name (a field "
+                "would silently read another column)"
+            )
+        return columns
+
     @property
     def sep(self) -> str:
         if self.separator is not None:
@@ -67,64 +89,83 @@ class LabelSpec(_Strict):
     negative: list[str] = ["0"]
 
 
-class EncodingDefaults(_Strict):
-    """Defaults every field inherits unless it sets its own value."""
+def _param_type(p: Param) -> Any:
+    return Annotated[p.type, Field(**dict(p.constraints))]
 
-    min_count: PositiveInt = 10
-    num_buckets: PositiveInt = 1 << 20
-    num_bins: PositiveInt = 20
-    max_values: PositiveInt = 8
 
+# Generated from the registry of encodings: every shared param's default, overridable per field.
+EncodingDefaults = create_model(
+    "EncodingDefaults",
+    __base__=_Strict,
+    __doc__="Defaults every field inherits unless it sets its own value (see the encodings).",
+    **{
+        p.name: (_param_type(p), Field(default=p.default, description=p.doc))
+        for p in all_params().values()
+        if p.shared
+    },
+)
 
 FieldKind = Literal["categorical", "numeric", "multi_categorical"]
-Encoding = Literal["vocab", "hash", "log_bins", "quantile_bins", "value"]
-Transform = Literal["none", "yymmddhh_hour", "yymmddhh_weekday"]
-
-_ENCODINGS_BY_KIND: dict[str, tuple[str, ...]] = {
-    "categorical": ("vocab", "hash"),
-    "multi_categorical": ("vocab", "hash"),
-    "numeric": ("log_bins", "quantile_bins", "value"),
-}
+Transform = Literal[tuple(TRANSFORMS)]  # type: ignore[valid-type]
 
 
-class FieldSpec(_Strict):
+class _FieldBase(_Strict):
     """One logical feature field: where it comes from and how it becomes ids.
 
-    Unset encoding parameters (``None``) fall back to the config's ``encoding`` defaults;
-    :meth:`DatasetConfig.resolved_fields` fills them in, so downstream code never sees ``None``
-    for a parameter its encoding uses.
+    The encoding's params (generated from the registry of encodings, all optional here) fall
+    back to the config's ``encoding`` defaults; :meth:`DatasetConfig.field_defs` resolves
+    them, so downstream code never sees ``None`` for a parameter its encoding uses.
     """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     source: str | None = None  # input column; defaults to ``name``
     kind: FieldKind
-    encoding: Encoding
+    encoding: str
     transform: Transform = "none"
     # numeric: values must parse as this type, or the row is quarantined (bad_int / bad_float)
     dtype: Literal["int", "float"] = "float"
-    min_count: PositiveInt | None = None
-    num_buckets: PositiveInt | None = None
-    num_bins: PositiveInt | None = None
-    separator: str | None = None
-    max_values: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _check_encoding(self) -> FieldSpec:
-        allowed = _ENCODINGS_BY_KIND[self.kind]
-        if self.encoding not in allowed:
+    def _check_encoding(self) -> _FieldBase:
+        if self.encoding not in ENCODINGS:
+            raise ValueError(
+                f"field {self.name!r}: unknown encoding {self.encoding!r} "
+                f"(expected one of {', '.join(ENCODINGS)})"
+            )
+        enc = ENCODINGS[self.encoding]
+        allowed = [n for n, c in ENCODINGS.items() if self.kind in c.kinds]
+        if self.kind not in enc.kinds:
             raise ValueError(
                 f"field {self.name!r}: encoding {self.encoding!r} is not valid for kind "
                 f"{self.kind!r} (expected one of {', '.join(allowed)})"
             )
-        if self.kind == "multi_categorical" and not self.separator:
+        if self.kind == "multi_categorical" and not getattr(self, "separator", None):
             raise ValueError(f"field {self.name!r}: multi_categorical needs a `separator`")
-        if self.kind != "multi_categorical" and self.separator is not None:
-            raise ValueError(f"field {self.name!r}: `separator` only applies to multi_categorical")
+        used = {p.name for p in enc.params_for(self.kind)}
+        for name in all_params():
+            if name not in used and getattr(self, name, None) is not None:
+                where = (
+                    "multi_categorical"
+                    if name in {p.name for p in MULTI_PARAMS}
+                    else f"encoding {self.encoding!r}"
+                )
+                raise ValueError(f"field {self.name!r}: `{name}` does not apply to {where}")
         return self
 
     @property
     def input_column(self) -> str:
         return self.source or self.name
+
+
+FieldSpec = create_model(
+    "FieldSpec",
+    __base__=_FieldBase,
+    __doc__=_FieldBase.__doc__,
+    **{
+        p.name: (_param_type(p) | None, Field(default=None, description=p.doc))
+        for p in all_params().values()
+    },
+)
 
 
 class SplitSpec(_Strict):
@@ -169,8 +210,12 @@ class OutputSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    optimizer: Literal["adam", "adagrad"] = "adam"
-    lr: float = Field(default=1e-3, gt=0)
+    optimizer: Literal["adam", "adagrad", "ftrl"] = "adam"
+    lr: float = Field(default=1e-3, gt=0)  # FTRL's alpha when optimizer is ftrl
+    # FTRL-Proximal's beta, L1 and L2 (McMahan et al., 2013); unused by adam and adagrad.
+    ftrl_beta: float = Field(default=1.0, ge=0)
+    ftrl_l1: float = Field(default=0.0, ge=0)
+    ftrl_l2: float = Field(default=0.0, ge=0)
     batch_size: PositiveInt = 4096
     epochs: PositiveInt = 10
     l2_embed: float = Field(default=0.0, ge=0)
@@ -219,22 +264,17 @@ class DatasetConfig(_Strict):
             raise ValueError(f"split.column {self.split.column!r} is not among input.columns")
         return self
 
+    def field_defs(self) -> list[FieldDef]:
+        """Every field with the params its encoding uses resolved (own value, else the
+        ``encoding:`` default), as the encodings take them."""
+        return [ENCODINGS[f.encoding].resolve(f, self.encoding) for f in self.fields]
+
     def resolved_fields(self) -> list[FieldSpec]:
         """Fields with every encoding parameter their encoding uses filled from defaults."""
-        d = self.encoding
-        out = []
-        for f in self.fields:
-            upd: dict[str, Any] = {}
-            if f.encoding in ("vocab", "log_bins") and f.min_count is None:
-                upd["min_count"] = d.min_count
-            if f.encoding == "hash" and f.num_buckets is None:
-                upd["num_buckets"] = d.num_buckets
-            if f.encoding == "quantile_bins" and f.num_bins is None:
-                upd["num_bins"] = d.num_bins
-            if f.kind == "multi_categorical" and f.max_values is None:
-                upd["max_values"] = d.max_values
-            out.append(f.model_copy(update=upd))
-        return out
+        return [
+            f.model_copy(update=dict(d.params))
+            for f, d in zip(self.fields, self.field_defs(), strict=True)
+        ]
 
     def model_params(self, model: str) -> dict[str, Any]:
         return dict(self.models.get(model) or {})

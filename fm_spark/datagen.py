@@ -38,7 +38,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-BAD_KINDS = ("wrong_column_count", "bad_label", "bad_int", "undecodable")
+from fm_spark.features.spec import BAD_INT, BAD_LABEL, UNDECODABLE, WRONG_COLUMN_COUNT
+from fm_spark.features.spec import log_bin as _spec_log_bin
+
+BAD_KINDS = (WRONG_COLUMN_COUNT, BAD_LABEL, BAD_INT, UNDECODABLE)
 TRUTH_SUFFIX = ".truth"
 META_SUFFIX = ".meta.json"
 
@@ -121,12 +124,7 @@ def log_bin(x: np.ndarray) -> np.ndarray:
     what the feature job's ``log_bins`` encoding hands the models: a model can then in
     principle recover the planted effect exactly.
     """
-    x = np.asarray(x, dtype=np.int64)
-    out = x.copy()
-    big = x > 2
-    ln = np.log(x[big].astype(np.float64))
-    out[big] = np.floor(ln * ln).astype(np.int64)  # ln*ln, not pow: as the feature job does
-    return out
+    return _spec_log_bin(np.asarray(x, dtype=np.int64))  # the feature job's rule
 
 
 @dataclass
@@ -459,7 +457,7 @@ class _CriteoFormat:
         cols = line.split(b"\t")
         n_int, n_cat = len(model.integer), len(model.categorical)
         d = [int(x) for x in draws]
-        if kind == "wrong_column_count":
+        if kind == WRONG_COLUMN_COUNT:
             # Truncated lines (anything from the label alone to one short) or a few extra
             # columns; the columns that remain stay valid.
             if d[0] % 3:
@@ -469,11 +467,11 @@ class _CriteoFormat:
                 cols = cols + [
                     b"%08x" % (d[2] % 2**32) if k % 2 == 0 else b"" for k in range(extra)
                 ]
-        elif kind == "bad_label":
+        elif kind == BAD_LABEL:
             cols[0] = _BAD_LABELS[d[0] % len(_BAD_LABELS)]
-        elif kind == "bad_int":
+        elif kind == BAD_INT:
             cols[1 + d[0] % n_int] = _BAD_INTS[d[1] % len(_BAD_INTS)]
-        elif kind == "undecodable":
+        elif kind == UNDECODABLE:
             k = 1 + n_int + d[0] % n_cat
             at = d[1] % (len(cols[k]) + 1)
             cols[k] = cols[k][:at] + _BAD_BYTES[d[2] % len(_BAD_BYTES)] + cols[k][at:]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fm_spark.config import load_config
+from fm_spark.config import DatasetConfig, load_config
 
 DEMO_CONFIG = Path("conf/criteo.yaml")
 # Enough epochs to converge on the demo's rows without making a newcomer wait long.
@@ -71,4 +71,50 @@ def run_demo(
             f"(gap {oracle - test_auc:+.4f})",
             err=True,
         )
-    return {"generate": gen, "featurize": summary, "train": metrics}
+    registry = _mlflow_stage(cfg, workdir, model, metrics, rows)
+    return {"generate": gen, "featurize": summary, "train": metrics, "registry": registry}
+
+
+DEMO_MODEL_NAME = "fm-spark-demo"
+
+
+def _mlflow_stage(cfg: DatasetConfig, workdir: Path, model: str, metrics: dict, rows: int) -> dict:
+    """Track the run, register it, promote it through the gate, batch-score a new day's raw
+    log through ``models:/...@champion``; print the command that opens the MLflow UI."""
+    from fm_spark.datagen import generate
+    from fm_spark.registry.promote import promote
+    from fm_spark.score.job import score
+    from fm_spark.tracking import configure
+    from fm_spark.tracking.data import log_featurize_run
+    from fm_spark.tracking.training import track_finished
+
+    uri = configure()
+    t = _step(f"MLflow: track, register {DEMO_MODEL_NAME}, promote, batch-score ({uri})")
+    features = str(workdir / "features")
+    log_featurize_run(json.loads((workdir / "features" / "summary.json").read_text()), features)
+    tracked = track_finished(
+        cfg, features, model, workdir / "runs" / model, metrics, register=DEMO_MODEL_NAME
+    )
+    decision = promote(DEMO_MODEL_NAME, version=str(tracked["registered_version"]))
+    click.echo(
+        json.dumps({k: decision[k] for k in ("version", "compared_with", "promoted", "reason")})
+    )
+    day1 = workdir / "logs" / "day1.tsv"
+    generate(format="criteo", rows=max(rows // 10, 1000), seed=1, output=day1, bad_fraction=0.001)
+    scored = score(
+        f"models:/{DEMO_MODEL_NAME}@champion",
+        str(day1),
+        str(workdir / "scores" / "day1"),
+        keep=("label",),
+        overwrite=True,
+    )
+    click.echo(json.dumps({k: scored[k] for k in ("rows_read", "rows_scored", "output")}))
+    click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)
+    store = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    ui = (
+        f".venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        if store
+        else f"open {uri} in a browser"
+    )
+    click.echo(f"\nMLflow UI: {ui}   (then http://127.0.0.1:5000)", err=True)
+    return {"tracking": tracked, "promotion": decision, "score": scored}

@@ -5,6 +5,9 @@ map (the batch-scoring path) agrees with it row by row."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,19 +29,14 @@ from featurize_cases import (
 from pyspark.sql import functions as F
 
 from fm_spark.config import load_config
-from fm_spark.features.encoder import (
-    EncodedBatch,
-    FeatureEncoder,
-    _log_bin_tokens,
-    _Numbers,
-    java_double_string,
-)
-from fm_spark.features.encoders import FeaturizerModel
+from fm_spark.features.encoder import EncodedBatch, FeatureEncoder, java_double_string
+from fm_spark.features.encodings.log_bins import log_bin_token, log_bin_tokens
+from fm_spark.features.encodings.numbers import Numbers
 from fm_spark.features.feature_map import FeatureMap
+from fm_spark.features.featurizer import FeaturizerModel
 from fm_spark.features.job import featurize
 from fm_spark.features.quarantine import RAW, REASON, parse_rules, with_reason
 from fm_spark.features.source import read_raw
-from fm_spark.features.tokens import log_bin_token
 
 SPLITS = ("train", "valid", "test")
 
@@ -100,6 +98,11 @@ def test_python_encoder_matches_spark_on_hand_made_lines(mini):
     assert 0 not in batch.index and len(batch.index) == len(batch)
     bad = {line.decode("utf-8", "replace"): reason for line, reason in BAD}
     assert all(bad[raw] == reason for raw, reason in batch.quarantined)
+    # One reason per input line: None where encoded, "header" for the skipped header.
+    assert len(batch.reasons) == len(lines) and batch.reasons[0] == "header"
+    assert all(r is None for r in batch.reasons[batch.index])
+    flagged = [r for r in batch.reasons if r not in (None, "header")]
+    assert sorted(flagged) == sorted(r for _, r in batch.quarantined)
 
 
 def test_reloaded_spark_featurizer_matches_python_row_by_row(spark, mini):
@@ -158,7 +161,7 @@ def test_log_bins_tokens_agree_over_a_wide_range(spark):
     spark_side = {r["t"]: (r["n"], r["lo"], r["hi"]) for r in agg}
     xs = np.concatenate([np.arange(-3, 1_000_001, dtype=np.int64), np.array(extra, np.int64)])
     ones = np.ones(len(xs), dtype=bool)
-    tokens = _log_bin_tokens(_Numbers(xs, xs.astype(np.float64), ones), "int")
+    tokens = log_bin_tokens(Numbers(xs, xs.astype(np.float64), ones), "int")
     py = pd.DataFrame({"t": tokens, "x": xs}).groupby("t")["x"].agg(["count", "min", "max"])
     python_side = {t: (int(r["count"]), int(r["min"]), int(r["max"])) for t, r in py.iterrows()}
     assert python_side == spark_side
@@ -168,7 +171,7 @@ def test_log_bins_tokens_agree_over_a_wide_range(spark):
     fdf = spark.createDataFrame([(v,) for v in floats], "x double")
     spark_f = [r[0] for r in fdf.select(log_bin_token(F.col("x"), "float")).collect()]
     xf = np.array(floats)
-    py_f = _log_bin_tokens(_Numbers(xf, xf, np.ones(len(xf), bool)), "float").tolist()
+    py_f = log_bin_tokens(Numbers(xf, xf, np.ones(len(xf), bool)), "float").tolist()
     assert py_f == spark_f
 
 
@@ -233,6 +236,37 @@ def test_python_encoder_matches_spark_on_parquet_records(spark, tmp_path):
     batch = FeatureEncoder.load(out).encode_records(pd.read_parquet(src))
     assert_parity(out, batch, summary)
     assert sorted(r for _, r in batch.quarantined) == ["bad_float", "bad_label"]
+    assert batch.reasons.tolist()[-2:] == ["bad_float", "bad_label"]
+    assert len(batch.reasons) == len(frame)
     # Without a label column the encoder scores rows and returns no labels.
     unlabeled = FeatureEncoder.load(out).encode_records(frame.drop(columns=["label"]).head(3))
     assert unlabeled.labels is None and len(unlabeled) == 3
+
+
+def test_serving_encodes_real_output_without_spark_and_needs_success(mini, tmp_path):
+    out, _, src = mini
+    code = (
+        "import sys\n"
+        "from fm_spark.features.encoder import FeatureEncoder\n"
+        f"enc = FeatureEncoder.load({str(out)!r})\n"
+        f"batch = enc.encode_lines(open({str(src)!r}, 'rb').read().splitlines())\n"
+        "assert 'pyspark' not in sys.modules\n"
+        "print(len(batch))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == len(FeatureEncoder.load(out).encode_lines(mini_lines()))
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(out, unfinished)
+    (unfinished / "_SUCCESS").unlink()
+    with pytest.raises(FileNotFoundError, match="_SUCCESS"):
+        FeatureEncoder.load(unfinished)
+    # A vocabulary that is not the one the map was fitted with is refused (the digest Spark
+    # computed at fit time is checked in Python on every load).
+    (unfinished / "_SUCCESS").write_text("")
+    cat = pq.read_table(unfinished / "vocab" / "cat").to_pandas()
+    shutil.rmtree(unfinished / "vocab" / "cat")
+    (unfinished / "vocab" / "cat").mkdir()
+    cat.assign(id=cat["id"][::-1].to_numpy()).to_parquet(unfinished / "vocab" / "cat" / "p.parquet")
+    with pytest.raises(ValueError, match="vocab_digest"):
+        FeatureEncoder.load(unfinished)

@@ -172,7 +172,37 @@ def test_feature_map_describes_the_output(mini):
     assert fmap.fields[1].hash_salt == "dev:" and fmap.hash_seed == 42
     assert fmap.splits["valid"].rows == 3 and fmap.splits["valid"].positives == 2
     assert fmap.config_hash == summary["config_hash"]
-    assert fmap.extra["field_dtypes"] == {"cnt": "int", "num": "float", "price": "float"}
+    dtypes = {f.name: f.dtype for f in fmap.fields if f.dtype != "string"}
+    assert dtypes == {"cnt": "int", "num": "float", "price": "float"}
+    assert {f.dtype for f in fmap.fields if f.kind != "numeric"} == {"string"}
+    assert fmap.input.sep == "," and fmap.label.column == "label" and fmap.split.method == "time"
+    # Fingerprints: one per field, over its fitted state; the map's over layout + fields.
+    assert len({f.fingerprint for f in fmap.fields}) == len(fmap.fields)
+    assert all(len(f.vocab_digest) == 16 for f in fmap.fields if f.vocab_path)
+    assert FeatureMap.load(out).fingerprint == fmap.fingerprint
+
+
+def test_feature_map_v1_and_edited_maps_are_refused(mini, tmp_path):
+    out, _, _ = mini
+    data = json.loads((out / "feature_map.json").read_text())
+    v1 = {**data, "schema_version": 1}
+    (tmp_path / "feature_map.json").write_text(json.dumps(v1))
+    with pytest.raises(ValueError, match="re-run `fm-spark featurize`"):
+        FeatureMap.load(tmp_path)
+    edited = json.loads(json.dumps(data))
+    edited["fields"][3]["bin_edges"][0] += 1.0
+    (tmp_path / "feature_map.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="fingerprint"):
+        FeatureMap.load(tmp_path)
+    # A changed fitted state changes both fingerprints; moving nothing changes nothing.
+    fmap = FeatureMap.load(out)
+    fields = list(fmap.fields)
+    fields[3] = fields[3].model_copy(update={"bin_edges": [0.0], "fingerprint": ""})
+    fields[3] = type(fields[3]).model_validate(fields[3].model_dump())
+    changed = fmap.model_copy(update={"fields": fields})
+    assert changed.fields[3].fingerprint != fmap.fields[3].fingerprint
+    assert changed.fingerprint != fmap.fingerprint
+    assert FeatureMap.synthetic([3, 4]).fingerprint == FeatureMap.synthetic([3, 4]).fingerprint
 
 
 def test_output_layout(mini):
@@ -240,13 +270,15 @@ def test_killed_run_leaves_nothing_and_rerun_works(spark, tmp_path, monkeypatch)
 
 
 def test_existing_output_is_refused_unless_overwrite(spark, mini, tmp_path):
+    """A finished dataset is replaced only with --overwrite (a folder that is not a dataset
+    never is: tests/test_publish.py)."""
     _, _, src = mini
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("someone's data")
-    with pytest.raises(FeaturizeError, match="--overwrite"):
+    featurize(mini_config(), str(src), str(out), spark=spark)
+    before = (out / "feature_map.json").read_bytes()
+    with pytest.raises(FeaturizeError, match="finished dataset; pass --overwrite"):
         featurize(mini_config(), str(src), str(out), spark=spark)
-    assert (out / "keep.txt").read_text() == "someone's data"
+    assert (out / "feature_map.json").read_bytes() == before
 
     # Through the CLI: --overwrite replaces it, the summary is the one JSON line on stdout.
     cfg_file = tmp_path / "mini.yaml"
@@ -260,7 +292,7 @@ def test_existing_output_is_refused_unless_overwrite(spark, mini, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["status"] == "ok" and summary["output"].endswith("/out")
-    assert not (out / "keep.txt").exists() and (out / "_SUCCESS").exists()
+    assert (out / "_SUCCESS").exists()
     cat = FeatureMap.load(out).fields[0]
     assert cat.name == "cat" and cat.size == 6  # a, b and now c kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mini.yaml", "out"]
@@ -272,6 +304,7 @@ def test_too_many_bad_rows_fails_after_writing_the_quarantine(spark, mini, tmp_p
     failed = Path(f"{out}.failed")
     failed.mkdir()
     (failed / "from_an_older_run").write_text("")
+    (failed / "_FAILED").write_text("an older job\n")  # what marks it as made by a failed run
     with pytest.raises(FeaturizeError) as err:
         featurize(mini_config(max_bad_fraction=0.01), str(src), str(out), spark=spark)
     message = str(err.value)

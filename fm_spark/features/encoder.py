@@ -1,12 +1,13 @@
-"""The serving encoder: raw rows -> the ids the feature job writes, in pure Python/pandas.
+"""The serving encoder: raw rows -> the ids the feature job writes, with numpy/pandas.
 
-``FeatureEncoder.load(feature_map_dir)`` reads ``feature_map.json`` and the vocabularies beside
-it; ``encode_lines`` takes raw log lines (str or bytes), ``encode_records`` a pandas frame of
-raw source columns. Both apply the quarantine rules of :mod:`.quarantine` in the same order
-and give exactly the ids Spark gives (the parity tests hold them to that): work is vectorised
-per field (pandas string methods, ``Index.get_indexer`` for vocabularies, numpy for bins);
-only what is per row by nature (decoding, splitting, JSON parsing, hashing a distinct token)
-loops over rows.
+``FeatureEncoder.load(feature_map_dir)`` reads ``feature_map.json`` and the artifacts beside
+it (a finished dataset only: ``_SUCCESS`` must be there); ``encode_lines`` takes raw log lines
+(str or bytes), ``encode_records`` a pandas frame of raw source columns. Both apply the
+quarantine rules (:mod:`.spec`) in the same order as the feature job and give exactly the ids
+Spark gives (the parity tests hold them to that). Each field is encoded column-wise by its
+encoding's numpy executor (:mod:`.encodings`); only what is per row by nature (decoding,
+splitting a quoted CSV line, JSON parsing) loops over rows, and what is per value (parsing a
+number, hashing a token) runs once per distinct value.
 
 No Spark, no JVM: this is what a scoring service or an MLflow pyfunc model carries.
 """
@@ -18,41 +19,33 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
-import xxhash
 
-from fm_spark.features.feature_map import (
-    HASH_FIRST_ID,
-    MISSING_ID,
-    UNSEEN_ID,
-    VALUE_PRESENT_ID,
-    FeatureMap,
-    FieldInfo,
-)
-from fm_spark.features.quarantine import (
+from fm_spark.features.encodings import Encoding, FieldInput, encoding_class
+from fm_spark.features.encodings.modifiers import transformed
+from fm_spark.features.encodings.numbers import Numbers, parse_numbers
+from fm_spark.features.feature_map import FEATURE_MAP_FILE, FeatureMap
+from fm_spark.features.spec import (
     BAD_FLOAT,
     BAD_INT,
     BAD_LABEL,
-    FLOAT_PATTERN,
-    INT_PATTERN,
+    HEADER,
+    MALFORMED_CSV,
     MALFORMED_JSON,
     REPLACEMENT_CHAR,
+    SUCCESS_FILE,
     UNDECODABLE,
     WRONG_COLUMN_COUNT,
+    csv_patterns,
+    regex_quote,
 )
-from fm_spark.features.tokens import YYMMDDHH_PATTERN
 
 __all__ = ["EncodedBatch", "FeatureEncoder", "java_double_string"]
 
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_INT_RE = re.compile(INT_PATTERN)
-_FLOAT_RE = re.compile(FLOAT_PATTERN)
 _JSON = json.JSONDecoder()
 _JSON_WS = " \t\n\r"
 
@@ -64,7 +57,9 @@ class EncodedBatch:
     ``ids``: int64 ``[n, num_columns]`` global ids; ``values``: float32 ``[n, num_columns]``
     (1.0 where a column has no value column); ``labels``: float32 ``[n]`` (NaN where unknown)
     or None when the input had no label; ``quarantined``: ``(raw, reason)`` pairs;
-    ``index``: int64 ``[n]``, the input position of each encoded row.
+    ``index``: int64 ``[n]``, the input position of each encoded row; ``reasons``: object
+    ``[number of input rows]``, None where the row was encoded, else its quarantine reason
+    (``"header"`` for a skipped header line), so a caller can answer row by row.
     """
 
     ids: np.ndarray
@@ -72,37 +67,10 @@ class EncodedBatch:
     labels: np.ndarray | None
     quarantined: list[tuple[str, str]] = field(default_factory=list)
     index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    reasons: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
 
     def __len__(self) -> int:
         return len(self.ids)
-
-
-class _Vocabulary:
-    """Token -> local id (kept, or 2 for rare); tokens absent from it are unseen (1)."""
-
-    def __init__(self, tokens: Sequence[str], ids: np.ndarray) -> None:
-        self.index = pd.Index(tokens, dtype=object)
-        self.ids = np.asarray(ids, dtype=np.int64)
-
-    @classmethod
-    def read(cls, path: Path) -> _Vocabulary:
-        if not path.exists():
-            raise FileNotFoundError(f"vocabulary {path} is missing beside the feature map")
-        files = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
-        tables = [pq.read_table(p, columns=["token", "id"]) for p in files]
-        tokens: list[str] = []
-        ids: list[np.ndarray] = []
-        for t in tables:
-            tokens += t.column("token").to_pylist()
-            ids.append(t.column("id").to_numpy())
-        return cls(tokens, np.concatenate(ids) if ids else np.zeros(0, np.int64))
-
-    def lookup(self, tokens: np.ndarray) -> np.ndarray:
-        """Local ids of a token array (None = missing)."""
-        pos = self.index.get_indexer(tokens)
-        out = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], UNSEEN_ID)
-        out[pd.isna(tokens)] = MISSING_ID
-        return out
 
 
 class FeatureEncoder:
@@ -111,25 +79,31 @@ class FeatureEncoder:
     def __init__(self, fmap: FeatureMap, directory: str | Path) -> None:
         self.feature_map = fmap
         self.directory = Path(directory)
-        extra = fmap.extra
-        missing = {"input", "label"} - set(extra)
-        if missing:
+        if fmap.input is None or fmap.label is None:
             raise ValueError(
-                f"feature map in {directory} lacks {sorted(missing)}: written by an older "
-                "fm-spark; re-run `fm-spark featurize`"
+                f"feature map in {directory} has no input/label description (a synthetic "
+                "map?): only the output of `fm-spark featurize` can encode raw rows"
             )
-        self._input: dict[str, Any] = extra["input"]
-        self._label: dict[str, Any] = extra["label"]
-        self._dtypes: dict[str, str] = dict(extra.get("field_dtypes", {}))
-        self.columns: list[str] = list(self._input["columns"])
-        self._vocab: dict[str, _Vocabulary] = {}
+        self._input = fmap.input
+        self._label = fmap.label
+        self.columns: list[str] = list(self._input.columns)
+        self.encodings: list[Encoding] = []
         for f in fmap.fields:
-            if f.encoding in ("vocab", "log_bins"):
-                self._vocab[f.name] = _Vocabulary.read(self.directory / (f.vocab_path or ""))
+            enc = encoding_class(f.encoding).from_info(f)
+            enc.load(self.directory)
+            self.encodings.append(enc)
 
     @classmethod
     def load(cls, feature_map_dir: str | Path) -> FeatureEncoder:
-        return cls(FeatureMap.load(feature_map_dir), feature_map_dir)
+        """The encoder of a finished feature-job output (a folder with ``_SUCCESS``)."""
+        path = Path(feature_map_dir)
+        directory = path.parent if path.name == FEATURE_MAP_FILE else path
+        if not (directory / SUCCESS_FILE).exists():
+            raise FileNotFoundError(
+                f"{directory} has no {SUCCESS_FILE}: not a finished `fm-spark featurize` "
+                "output (still being written, failed, or not a dataset)"
+            )
+        return cls(FeatureMap.load(directory), directory)
 
     @property
     def num_columns(self) -> int:
@@ -145,21 +119,31 @@ class FeatureEncoder:
         accepts rows without a label (labels NaN), e.g. when scoring.
         """
         raws = [_decode(line) for line in lines]
-        fmt = self._input["format"]
+        fmt = self._input.format
         if fmt == "parquet":
             raise ValueError("parquet input has no lines: use encode_records")
-        header = self._input["separator"].join(self.columns) if self._input["header"] else None
-        positions = np.array([i for i, r in enumerate(raws) if r != header], dtype=np.int64)
-        raws = [raws[i] for i in positions]
+        n_input = len(raws)
+        header = self._input.sep.join(self.columns) if self._input.header else None
+        texts = pd.Series(raws, dtype=object)
+        positions = np.flatnonzero((texts != header).to_numpy())
+        raws = texts.iloc[positions].tolist()
         reasons = np.full(len(raws), None, dtype=object)
-        reasons[[REPLACEMENT_CHAR in r for r in raws]] = UNDECODABLE
+        undecodable = texts.iloc[positions].str.contains(REPLACEMENT_CHAR, regex=False)
+        reasons[undecodable.to_numpy(dtype=bool)] = UNDECODABLE
         if fmt == "jsonl":
             frame, malformed = _json_frame(raws, self.columns)
             _mark(reasons, malformed, MALFORMED_JSON)
         else:
-            frame, wrong = _text_frame(raws, self._input["separator"], self.columns)
+            frame, malformed, wrong = _text_frame(
+                raws, self._input.sep, self.columns, quoted=fmt == "csv"
+            )
+            _mark(reasons, malformed, MALFORMED_CSV)
             _mark(reasons, wrong, WRONG_COLUMN_COUNT)
-        return self._encode(frame, raws, reasons, positions, require_label, has_label=True)
+        batch = self._encode(frame, raws, reasons, positions, require_label, has_label=True)
+        everything = np.full(n_input, HEADER, dtype=object)
+        everything[positions] = batch.reasons
+        batch.reasons = everything
+        return batch
 
     def encode_records(
         self, records: pd.DataFrame, require_label: bool | None = None
@@ -167,7 +151,7 @@ class FeatureEncoder:
         """A frame of raw source columns (strings; missing = None/NaN/""); other dtypes are
         converted with ``str``. Without the label column, labels are None and not checked;
         with it, ``require_label`` defaults to True."""
-        has_label = self._label["column"] in records.columns
+        has_label = self._label.column in records.columns
         needed = {f.source for f in self.feature_map.fields}
         absent = sorted(needed - set(records.columns))
         if absent:
@@ -175,10 +159,7 @@ class FeatureEncoder:
         frame = pd.DataFrame(
             {c: _as_strings(records[c]) for c in self.columns if c in records.columns}
         )
-        raws = [
-            json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False)
-            for row in frame.to_dict("records")
-        ]
+        raws = _LazyRecords(frame)
         reasons = np.full(len(frame), None, dtype=object)
         bad_text = np.zeros(len(frame), dtype=bool)
         for c in frame.columns:
@@ -192,7 +173,7 @@ class FeatureEncoder:
     def _encode(
         self,
         frame: pd.DataFrame,
-        raws: list[str],
+        raws: Sequence[str],
         reasons: np.ndarray,
         positions: np.ndarray,
         require_label: bool,
@@ -200,17 +181,16 @@ class FeatureEncoder:
     ) -> EncodedBatch:
         labels = None
         if has_label:
-            labels = self._labels(frame[self._label["column"]])
-            missing = frame[self._label["column"]].isna().to_numpy()
+            labels = self._labels(frame[self._label.column])
+            missing = frame[self._label.column].isna().to_numpy()
             bad = np.isnan(labels) & (~missing | require_label)
             _mark(reasons, bad, BAD_LABEL)
         numeric = [f for f in self.feature_map.fields if f.kind == "numeric"]
-        parsed: dict[str, _Numbers] = {}
+        parsed: dict[str, Numbers] = {}
         for dtype, reason in (("int", BAD_INT), ("float", BAD_FLOAT)):
-            for f in (f for f in numeric if self._dtypes.get(f.name, "float") == dtype):
-                parsed[f.name], bad = _parse_numbers(
-                    _transformed(frame[f.source], f.transform), dtype
-                )
+            for f in (f for f in numeric if f.dtype == dtype):
+                raw = transformed(frame[f.source], f.transform)
+                parsed[f.name], bad = parse_numbers(raw, dtype)
                 _mark(reasons, bad, reason)
         good = pd.isna(reasons)
         quarantined = [(raws[i], reasons[i]) for i in np.flatnonzero(~good)]
@@ -219,8 +199,9 @@ class FeatureEncoder:
         ids = np.zeros((len(frame), self.num_columns), dtype=np.int64)
         values = np.ones((len(frame), self.num_columns), dtype=np.float32)
         col = 0
-        for f in self.feature_map.fields:
-            local, vals = self._encode_field(f, frame, parsed.get(f.name))
+        for f, enc in zip(self.feature_map.fields, self.encodings, strict=True):
+            inp = FieldInput(transformed(frame[f.source], f.transform), parsed.get(f.name))
+            local, vals = enc.encode(inp)
             width = local.shape[1]
             ids[:, col : col + width] = local + f.offset
             if vals is not None:
@@ -232,47 +213,13 @@ class FeatureEncoder:
             labels=labels[good] if labels is not None else None,
             quarantined=quarantined,
             index=positions[good],
+            reasons=reasons,
         )
 
     def _labels(self, col: pd.Series) -> np.ndarray:
-        mapping = {**dict.fromkeys(self._label["negative"], 0.0)}
-        mapping.update(dict.fromkeys(self._label["positive"], 1.0))
+        mapping = {**dict.fromkeys(self._label.negative, 0.0)}
+        mapping.update(dict.fromkeys(self._label.positive, 1.0))
         return col.map(mapping).to_numpy(dtype=np.float32, na_value=np.nan)
-
-    def _encode_field(
-        self, f: FieldInfo, frame: pd.DataFrame, num: _Numbers | None
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Local ids ``[n, width]`` and values (None: all 1.0) of one field."""
-        n = len(frame)
-        if f.encoding == "quantile_bins":
-            assert num is not None
-            edges = np.asarray(f.bin_edges or [], dtype=np.float64)
-            ids = np.searchsorted(edges, np.where(num.present, num.x, 0.0), side="right") + 1
-            return np.where(num.present, ids, MISSING_ID).reshape(n, 1), None
-        if f.encoding == "value":
-            assert num is not None
-            ids = np.where(num.present, VALUE_PRESENT_ID, MISSING_ID).reshape(n, 1)
-            vals = np.where(num.present, num.x, 1.0).astype(np.float32)
-            return ids, vals.reshape(n, 1)
-        raw = _transformed(frame[f.source], f.transform)
-        if f.kind == "multi_categorical":
-            slots = _multi_slots(raw, f.separator or "", f.max_values or 1)
-        elif f.encoding == "log_bins":
-            assert num is not None
-            slots = [_log_bin_tokens(num, self._dtypes.get(f.name, "float"))]
-        else:
-            slots = [raw.to_numpy(dtype=object)]
-        ids = np.stack([self._index(f, s) for s in slots], axis=1)
-        if f.kind != "multi_categorical":
-            return ids, None
-        vals = np.stack([pd.notna(s) for s in slots], axis=1).astype(np.float32)
-        vals[:, 0] = 1.0  # a token, or the missing id of a row without any token
-        return ids, vals
-
-    def _index(self, f: FieldInfo, tokens: np.ndarray) -> np.ndarray:
-        if f.encoding == "hash":
-            return _hash_ids(tokens, f.hash_salt or "", f.num_buckets or 1)
-        return self._vocab[f.name].lookup(tokens)
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,15 +242,54 @@ def _empty_frame(n: int, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series([None] * n, dtype=object) for c in columns})
 
 
-def _text_frame(raws: list[str], sep: str, columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    parts = pd.Series(raws, dtype=object).str.split(sep, regex=False)
-    wrong = (parts.str.len() != len(columns)).to_numpy()
+def _text_frame(
+    raws: list[str], sep: str, columns: list[str], quoted: bool
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Split TSV/CSV lines into string columns: (frame, malformed quoting, wrong count).
+
+    Lines without a quote are split literally, all at once; a CSV line with a quote must be
+    well formed (RFC 4180, as :func:`~fm_spark.features.spec.csv_patterns` says) and is
+    split field by field, its quoted fields unquoted (``""`` -> ``"``).
+    """
+    lines = pd.Series(raws, dtype=object)
+    parts = lines.str.split(sep, regex=False)
+    malformed = np.zeros(len(raws), dtype=bool)
+    if quoted and len(raws):
+        has_quote = lines.str.contains('"', regex=False).to_numpy(dtype=bool)
+        if has_quote.any():
+            line_re, field_re = _csv_regexes(sep)
+            for i in np.flatnonzero(has_quote):
+                if line_re.fullmatch(raws[i]):
+                    parts.iat[i] = _csv_fields(raws[i], field_re)
+                else:
+                    malformed[i] = True
+    wrong = ~malformed & (parts.str.len() != len(columns)).to_numpy()
     frame = _empty_frame(len(raws), columns)
-    ok = np.flatnonzero(~wrong)
+    ok = np.flatnonzero(~wrong & ~malformed)
     if len(ok):
         cells = pd.DataFrame(parts.iloc[ok].tolist(), columns=columns, index=ok, dtype=object)
         frame.loc[ok, columns] = cells.where(cells != "", None)
-    return frame, wrong
+    return frame, malformed, wrong
+
+
+def _csv_regexes(sep: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    line, quoted = csv_patterns(sep)
+    unquoted = f'[^"{regex_quote(sep[0])}]*' if len(sep) == 1 else '[^"]*?'
+    field = re.compile(f"({quoted}|{unquoted})(?:{regex_quote(sep)}|$)")
+    return re.compile(line), field
+
+
+def _csv_fields(line: str, field_re: re.Pattern[str]) -> list[str]:
+    """The fields of a well-formed CSV line, unquoted."""
+    out, pos = [], 0
+    while True:
+        m = field_re.match(line, pos)
+        assert m is not None, "the line was checked against the line pattern"
+        cell = m.group(1)
+        out.append(cell[1:-1].replace('""', '"') if cell.startswith('"') else cell)
+        if m.end() == len(line) and (m.end() == m.end(1)):
+            return out
+        pos = m.end()
 
 
 def _json_frame(raws: list[str], columns: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -367,134 +353,26 @@ def java_double_string(x: float) -> str:
 
 
 def _as_strings(col: pd.Series) -> pd.Series:
-    """Raw source values as strings with None for missing (None, NaN, "")."""
+    """Raw source values as object strings, None for missing (None, NaN, NA, "").
 
-    def conv(v: Any) -> str | None:
-        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-            return None
-        s = v if isinstance(v, str) else str(v)
-        return s if s != "" else None
-
-    return pd.Series([conv(v) for v in col.tolist()], dtype=object)
-
-
-# --------------------------------------------------------------------------------------------
-# per-field conversions (the Python twins of fm_spark.features.tokens / quarantine)
+    Non-string values become ``str(value)`` (pandas' string conversion), column-wise.
+    """
+    missing = col.isna().to_numpy()
+    strings = col.astype(object).where(~missing, None)
+    if pd.api.types.infer_dtype(strings, skipna=True) not in ("string", "empty"):
+        strings = col.astype("string").astype(object).where(~missing, None)
+    return strings.where(strings != "", None).reset_index(drop=True)
 
 
-def _transformed(col: pd.Series, transform: str) -> pd.Series:
-    if transform == "none":
-        return col
-    s = col.astype(object)
-    ok = s.str.fullmatch(YYMMDDHH_PATTERN, na=False).astype(bool)
-    if transform == "yymmddhh_hour":
-        return s.str[6:8].where(ok, None)
-    if transform == "yymmddhh_weekday":
-        codes, days = _per_unique(s.where(ok, None), _weekday)
-        table = np.array([*days, None], dtype=object)  # code -1 picks the trailing None
-        return pd.Series(table[codes], index=s.index, dtype=object)
-    raise ValueError(f"unknown transform {transform!r}")
+class _LazyRecords(Sequence[str]):
+    """The raw text of a record (its JSON object), built only for the rows quarantined."""
 
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
 
-@dataclass
-class _Numbers:
-    """A parsed numeric column: ``exact`` (int64 for ints, float64 for floats; 0 where not
-    present), ``x`` (float64, NaN where not present) and ``present``."""
+    def __len__(self) -> int:
+        return len(self.frame)
 
-    exact: np.ndarray
-    x: np.ndarray
-    present: np.ndarray
-
-    def __getitem__(self, mask: np.ndarray) -> _Numbers:
-        return _Numbers(self.exact[mask], self.x[mask], self.present[mask])
-
-
-def _per_unique(col: pd.Series, fn: Any) -> tuple[np.ndarray, list[Any]]:
-    """``fn`` applied once per distinct non-missing value: (codes, results); code -1 = missing."""
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
-    return codes, [fn(v) for v in uniques]
-
-
-def _weekday(v: str) -> str | None:
-    """Spark's ``dayofweek`` (1 = Sunday .. 7 = Saturday) of 20YY-MM-DD; None if invalid."""
-    try:
-        d = date(2000 + int(v[0:2]), int(v[2:4]), int(v[4:6]))
-    except ValueError:
-        return None
-    return str(d.isoweekday() % 7 + 1)
-
-
-def _parse_numbers(raw: pd.Series, dtype: str) -> tuple[_Numbers, np.ndarray]:
-    """Parse a numeric field as Spark's rules do; returns the numbers and the bad-row mask."""
-    pattern = _INT_RE if dtype == "int" else _FLOAT_RE
-    codes, parsed = _per_unique(raw, lambda v: _parse_number(v, pattern, dtype))
-    ok = np.array([p is not None for p in parsed], dtype=bool)
-    kind = np.int64 if dtype == "int" else np.float64
-    table = np.array([p if p is not None else 0 for p in parsed], dtype=kind)
-    has = codes >= 0
-    present = has & ok[np.maximum(codes, 0)] if len(parsed) else np.zeros(len(raw), bool)
-    bad = has & ~present
-    exact = np.where(present, table[np.maximum(codes, 0)] if len(parsed) else 0, 0).astype(kind)
-    x = np.where(present, exact.astype(np.float64), np.nan)
-    return _Numbers(exact, x, present), bad
-
-
-def _parse_number(v: str, pattern: re.Pattern[str], dtype: str) -> int | float | None:
-    if not pattern.fullmatch(v):
-        return None
-    if dtype == "int":
-        i = int(v)
-        return i if _INT64_MIN <= i <= _INT64_MAX else None
-    x = float(v)
-    return x if math.isfinite(x) else None
-
-
-def _log_bin_tokens(num: _Numbers, dtype: str) -> np.ndarray:
-    """``floor(ln(x)^2)`` for x > 2, ``floor(x)`` otherwise, as integer text (None: missing).
-
-    ``ln(x) * ln(x)`` as in Spark; numpy's log agrees with Java's StrictMath.log on the whole
-    range the parity test covers."""
-    big = num.present & (num.x > 2)
-    ln = np.log(np.where(big, num.x, 1.0))
-    binned = np.floor(ln * ln).astype(np.int64)
-    small = num.exact if dtype == "int" else _floor_int64(np.where(num.present, num.x, 0.0))
-    tokens = np.where(big, binned, small).astype(str).astype(object)
-    tokens[~num.present] = None
-    return tokens
-
-
-def _floor_int64(x: np.ndarray) -> np.ndarray:
-    """Spark's ``cast(floor(x) as bigint)``: saturates at the int64 range."""
-    f = np.floor(x)
-    high, low = f >= 2.0**63, f < -(2.0**63)
-    out = np.where(high | low, 0.0, f).astype(np.int64)
-    out[high], out[low] = _INT64_MAX, _INT64_MIN
-    return out
-
-
-def _multi_slots(raw: pd.Series, separator: str, max_values: int) -> list[np.ndarray]:
-    """Distinct non-empty tokens in first-occurrence order, the first ``max_values``."""
-    lists = [
-        list(dict.fromkeys(t for t in v.split(separator) if t))[:max_values]
-        if isinstance(v, str)
-        else []
-        for v in raw.tolist()
-    ]
-    return [
-        np.array([toks[k] if k < len(toks) else None for toks in lists], dtype=object)
-        for k in range(max_values)
-    ]
-
-
-def _hash_ids(tokens: np.ndarray, salt: str, num_buckets: int) -> np.ndarray:
-    """``1 + pmod(xxhash64(salt + token, seed=42), num_buckets)`` as Spark computes it."""
-    codes, uniques = pd.factorize(pd.Series(tokens, dtype=object))
-    if len(uniques) == 0:
-        return np.full(len(tokens), MISSING_ID, dtype=np.int64)
-    digests = np.array(
-        [xxhash.xxh64_intdigest((salt + t).encode("utf-8"), seed=42) for t in uniques],
-        dtype=np.uint64,
-    )
-    buckets = digests.view(np.int64) % np.int64(num_buckets)  # numpy %: sign of the divisor
-    ids = np.where(codes >= 0, HASH_FIRST_ID + buckets[np.maximum(codes, 0)], MISSING_ID)
-    return ids.astype(np.int64)
+    def __getitem__(self, i):  # type: ignore[override]
+        row = self.frame.iloc[i]
+        return json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False)

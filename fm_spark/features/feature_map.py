@@ -16,23 +16,33 @@ logical field each column belongs to (FFM and FwFM need that).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+from fm_spark.config import InputSpec, LabelSpec, SplitSpec
+from fm_spark.features.spec import (  # noqa: F401  (the id layout, re-exported)
+    BIN_FIRST_ID,
+    HASH_FIRST_ID,
+    HASH_SEED,
+    MISSING_ID,
+    RARE_ID,
+    UNSEEN_ID,
+    VALUE_PRESENT_ID,
+    VOCAB_FIRST_ID,
+)
+
+# v2: dtype, input, label and split are typed (v1 kept them in ``extra``); fingerprints.
+SCHEMA_VERSION = 2
 FEATURE_MAP_FILE = "feature_map.json"
 
-# Local id layout shared by every encoding (see README, "Id layout").
-MISSING_ID = 0  # value absent / empty (also the padding slot of a multi-valued field)
-UNSEEN_ID = 1  # vocabulary encodings: a value never seen in the training split
-RARE_ID = 2  # vocabulary encodings: a value seen fewer than min_count times
-VOCAB_FIRST_ID = 3  # vocabulary encodings: first id of a kept value
-HASH_FIRST_ID = 1  # hashed encodings: bucket b has local id 1 + b
-BIN_FIRST_ID = 1  # quantile bins: bin b has local id 1 + b
-VALUE_PRESENT_ID = 1  # numeric kept as a value: id 1 carries the value, id 0 means missing
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class _Frozen(BaseModel):
@@ -48,27 +58,55 @@ class ColumnInfo(_Frozen):
 
 
 class FieldInfo(_Frozen):
-    """How one logical field was encoded, with everything a serving encoder needs."""
+    """How one logical field was encoded, with everything a serving encoder needs.
+
+    ``fingerprint`` is a digest of the field's fitted state (its params, size, bin edges, the
+    digest of its vocabulary), filled in when the map is built and checked when it is read:
+    training and serving compare it to know that Parquet, map and model belong together.
+    """
 
     name: str
     source: str
     kind: Literal["categorical", "numeric", "multi_categorical"]
-    encoding: Literal["vocab", "hash", "log_bins", "quantile_bins", "value"]
+    encoding: str
     transform: str = "none"
+    # how the raw value parses: "string" for categorical kinds, "int"/"float" for numeric
+    dtype: Literal["string", "int", "float"] = "string"
     offset: int
     size: int
     columns: list[str]
     # vocab (and log_bins, which vocab-index the bin token)
     min_count: int | None = None
     vocab_path: str | None = None  # relative to the feature map's directory
+    # xor of xxhash64(token || U+0001 || id) over the vocabulary (16 hex digits)
+    vocab_digest: str | None = None
     # hash
     num_buckets: int | None = None
     hash_salt: str | None = None
     # quantile_bins
+    num_bins: int | None = None
     bin_edges: list[float] | None = None
     # multi_categorical
     separator: str | None = None
     max_values: int | None = None
+    fingerprint: str = ""
+
+    @model_validator(mode="after")
+    def _fingerprinted(self) -> FieldInfo:
+        expected = self.fitted_fingerprint()
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", expected)
+        elif self.fingerprint != expected:
+            raise ValueError(
+                f"field {self.name!r}: fingerprint {self.fingerprint} does not match its "
+                f"fitted state ({expected}): the feature map was edited; re-run featurize"
+            )
+        return self
+
+    def fitted_fingerprint(self) -> str:
+        """The digest of everything that decides this field's local ids (not its place)."""
+        skip = {"fingerprint", "offset", "columns", "vocab_path"}
+        return _digest(self.model_dump(mode="json", exclude=skip))
 
 
 class SplitStats(_Frozen):
@@ -84,10 +122,29 @@ class FeatureMap(_Frozen):
     fields: list[FieldInfo]
     columns: list[ColumnInfo]
     num_features: int
-    hash_seed: int = 42  # Spark's xxhash64 seed; parity with xxhash.xxh64(seed=42)
+    hash_seed: int = HASH_SEED  # Spark's xxhash64 seed; parity with xxhash.xxh64(seed=42)
     config_hash: str
     splits: dict[str, SplitStats] = Field(default_factory=dict)
-    extra: dict[str, Any] = Field(default_factory=dict)
+    # How raw rows are read and labelled (the serving encoder parses them the same way);
+    # None only in synthetic maps, which have no raw rows behind them.
+    input: InputSpec | None = None
+    label: LabelSpec | None = None
+    split: SplitSpec | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)  # free-form notes, read by nobody
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the id layout and every field's fitted state: equal fingerprints mean
+        the same raw row gets the same ids (the config hash and split stats do not count)."""
+        return _digest(
+            {
+                "num_features": self.num_features,
+                "hash_seed": self.hash_seed,
+                "label_column": self.label_column,
+                "columns": [c.model_dump(mode="json") for c in self.columns],
+                "fields": [[f.name, f.offset, f.columns, f.fingerprint] for f in self.fields],
+            }
+        )
 
     # -- what models need -------------------------------------------------------------
     @property
@@ -143,12 +200,18 @@ class FeatureMap(_Frozen):
             raise FileNotFoundError(
                 f"no feature map at {path}: is this the output directory of `fm-spark featurize`?"
             )
-        data = json.loads(path.read_text(encoding="utf-8"))
-        version = data.get("schema_version")
+        return cls.parse(path.read_text(encoding="utf-8"), str(path))
+
+    @classmethod
+    def parse(cls, text: str, where: str) -> FeatureMap:
+        """Validate a feature map's JSON, refusing other schema versions."""
+        data = json.loads(text)
+        version = data.get("schema_version") if isinstance(data, dict) else None
         if version != SCHEMA_VERSION:
             raise ValueError(
-                f"{path}: feature map schema version {version!r}, this fm-spark reads "
-                f"version {SCHEMA_VERSION}; re-run `fm-spark featurize` with this version"
+                f"{where}: feature map schema version {version!r}, this fm-spark reads "
+                f"version {SCHEMA_VERSION}; re-run `fm-spark featurize` with this version to "
+                f"rewrite the dataset"
             )
         return cls.model_validate(data)
 

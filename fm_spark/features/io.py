@@ -1,29 +1,19 @@
-"""Files through Hadoop's FileSystem API, and outputs that appear atomically.
+"""Files through Hadoop's FileSystem API.
 
 Going through the JVM's ``FileSystem`` (not ``os``/``shutil``) makes ``hdfs://``, ``s3a://``
 and local paths behave alike: the same code that Spark writes with also moves and deletes.
-
-:class:`AtomicOutput` is the protocol behind "a finished dataset or nothing": everything is
-built in a hidden sibling ``.<name>.staging-<run id>``, renamed into place, and ``_SUCCESS`` is
-written last. A killed run leaves only a staging sibling, which the next run removes.
-Concurrent runs writing the same output are not supported (the later one removes the earlier
-one's staging directory).
+The publish protocol built on it lives in :mod:`fm_spark.features.publish`.
 """
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from pyspark.sql import SparkSession
 
-__all__ = ["SUCCESS", "AtomicOutput", "HadoopFS", "OutputExistsError"]
+__all__ = ["SUCCESS", "HadoopFS"]
 
 SUCCESS = "_SUCCESS"
-
-
-class OutputExistsError(FileExistsError):
-    """The output already holds something and overwriting was not asked for."""
 
 
 class HadoopFS:
@@ -92,97 +82,42 @@ class HadoopFS:
         finally:
             stream.close()
 
+    def create_new(self, path: str, text: str) -> bool:
+        """Write a file that must not exist yet; ``False`` if it does. The existence check and
+        the creation are one call (``create(overwrite=false)``), atomic on HDFS and local."""
+        try:
+            stream = self.fs.create(self._p(path), False)
+        except Exception as exc:  # py4j wraps FileAlreadyExistsException
+            if "FileAlreadyExists" in str(exc) or self.exists(path):
+                return False
+            raise
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def delete_empty_dir(self, path: str) -> bool:
+        """Remove ``path`` only if it is an empty directory (a non-recursive delete)."""
+        try:
+            return bool(self.fs.delete(self._p(path), False))
+        except Exception:  # not empty (or gone): leave it
+            return False
+
+    def files(self, path: str) -> dict[str, int]:
+        """Every file under ``path`` (recursively) as relative path -> size in bytes."""
+        root = self.qualify(path).rstrip("/") + "/"
+        out: dict[str, int] = {}
+        it = self.fs.listFiles(self._p(path), True)
+        while it.hasNext():
+            status = it.next()
+            full = self.fs.makeQualified(status.getPath()).toString()
+            out[full[len(root) :] if full.startswith(root) else full] = int(status.getLen())
+        return out
+
     def read_text(self, path: str) -> str:
         sink = self._jvm.java.io.ByteArrayOutputStream()
         self._jvm.org.apache.hadoop.io.IOUtils.copyBytes(
             self.fs.open(self._p(path)), sink, 1 << 16, True
         )
         return bytes(sink.toByteArray()).decode("utf-8")
-
-
-class AtomicOutput:
-    """Stage a job's output beside its final place, then publish it in one rename.
-
-    ``begin()`` checks the target and returns the staging directory to write into;
-    ``commit()`` publishes it (``_SUCCESS`` last); ``fail_to(suffix)`` moves the staging
-    directory to ``<output><suffix>`` instead (for an operator to inspect); ``abort()``
-    removes it. Finished output is recognised by its ``_SUCCESS``.
-    """
-
-    def __init__(
-        self, spark: SparkSession, output: str, overwrite: bool = False, run_id: str | None = None
-    ) -> None:
-        self.fs = HadoopFS(spark, output)
-        self.final = self.fs.qualify(output.rstrip("/") or output)
-        self.parent = self.fs.parent(self.final)
-        self.name = self.fs.name(self.final)
-        self.overwrite = overwrite
-        self.run_id = run_id or uuid.uuid4().hex[:12]
-        self.staging = self.fs.join(self.parent, f".{self.name}.staging-{self.run_id}")
-        self._old = self.fs.join(self.parent, f".{self.name}.old-{self.run_id}")
-
-    # -- checks ------------------------------------------------------------------------
-    def _occupied(self) -> bool:
-        """Anything at the final path other than an empty directory counts as existing."""
-        if not self.fs.exists(self.final):
-            return False
-        return not (self.fs.is_dir(self.final) and not self.fs.list_names(self.final))
-
-    def check(self) -> None:
-        """Refuse an existing output unless overwriting (cheap: call before any work)."""
-        if self._occupied() and not self.overwrite:
-            finished = self.fs.exists(self.fs.join(self.final, SUCCESS))
-            what = "a finished dataset" if finished else "something (not a finished dataset)"
-            raise OutputExistsError(
-                f"output {self.final} already holds {what}; pass --overwrite to replace it"
-            )
-
-    def _siblings(self, kind: str) -> list[str]:
-        prefix = f".{self.name}.{kind}-"
-        return [
-            self.fs.join(self.parent, n)
-            for n in self.fs.list_names(self.parent)
-            if n.startswith(prefix)
-        ]
-
-    def recover(self) -> None:
-        """Clean up after killed runs: drop stale staging directories; if a run died between
-        moving the old output aside and publishing the new one, put the old one back."""
-        for path in self._siblings("staging"):
-            self.fs.delete(path)
-        for path in self._siblings("old"):
-            if not self.fs.exists(self.final) and self.fs.exists(self.fs.join(path, SUCCESS)):
-                self.fs.rename(path, self.final)
-            else:
-                self.fs.delete(path)
-
-    # -- protocol ----------------------------------------------------------------------
-    def begin(self) -> str:
-        self.recover()
-        self.check()
-        self.fs.mkdirs(self.staging)
-        return self.staging
-
-    def commit(self) -> str:
-        if self.fs.exists(self.final):
-            if self._occupied():
-                if not self.overwrite:  # appeared while we ran
-                    raise OutputExistsError(f"output {self.final} appeared while this job ran")
-                self.fs.rename(self.final, self._old)
-            else:
-                self.fs.delete(self.final)
-        self.fs.mkdirs(self.parent)
-        self.fs.rename(self.staging, self.final)
-        self.fs.write_text(self.fs.join(self.final, SUCCESS), "")
-        self.fs.delete(self._old)
-        return self.final
-
-    def fail_to(self, suffix: str) -> str:
-        """Publish the staging directory as ``<output><suffix>`` (replacing an older one)."""
-        target = self.final + suffix
-        self.fs.delete(target)
-        self.fs.rename(self.staging, target)
-        return target
-
-    def abort(self) -> None:
-        self.fs.delete(self.staging)

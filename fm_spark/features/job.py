@@ -7,9 +7,9 @@ Stages, each a Spark job over rows parsed and validated once (and cached):
 3. quarantine written (``quarantine/``, JSON lines: raw, reason, detail, source_file); if the
    bad fraction exceeds ``max_bad_fraction`` the job stops here, publishing the quarantine
    and summary as ``<output>.failed/`` for the operator;
-4. fit on the train split (:class:`.encoders.Featurizer`): vocabularies, bin edges;
+4. fit on the train split (:class:`.featurizer.Featurizer`): vocabularies, bin edges;
 5. transform the good rows and write ``train``/``valid``/``test`` in one partitioned write;
-6. ``feature_map.json`` and ``summary.json``, then the atomic publish (:class:`.io.AtomicOutput`).
+6. ``feature_map.json`` and ``summary.json``, then the safe publish (:mod:`.publish`).
 
 Everything on the data path is Spark SQL expressions: no Python UDF, no collected rows.
 """
@@ -29,9 +29,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, config_hash
-from fm_spark.features.encoders import Featurizer, FeaturizerModel
+from fm_spark.features import guards
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
-from fm_spark.features.io import AtomicOutput, HadoopFS, OutputExistsError
+from fm_spark.features.featurizer import Featurizer, FeaturizerModel
+from fm_spark.features.io import HadoopFS
+from fm_spark.features.publish import Publisher, PublishError
 from fm_spark.features.quarantine import (
     DETAIL,
     LABEL,
@@ -106,17 +108,22 @@ def featurize(
 
         spark = get_spark("fm-spark-featurize")
     clock = _Clock()
-    out = AtomicOutput(spark, output, overwrite=overwrite)
     try:
+        out = Publisher(spark, output, overwrite=overwrite, marker_files=(FEATURE_MAP_FILE,))
         staging = out.begin()
-    except OutputExistsError as exc:
+    except PublishError as exc:
         raise FeaturizeError(str(exc)) from None
+    log.info("featurize: %s -> %s (job %s)", input_path, out.final, out.job_id)
     parsed = None
     try:
         parsed = _parse(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
         summary = _run(cfg, parsed, input_path, out, staging, clock)
         out.commit()
+        log.info("featurize: published %s in %.1fs", out.final, time.monotonic() - clock.start)
         return summary
+    except (PublishError, guards.DataGuardError) as exc:
+        out.abort()
+        raise FeaturizeError(str(exc)) from None
     except AnalysisException as exc:
         out.abort()
         raise FeaturizeError(f"cannot read input {input_path!r}: {_first_line(exc)}") from None
@@ -132,7 +139,7 @@ def _run(
     cfg: DatasetConfig,
     parsed: DataFrame,
     input_path: str | list[str],
-    out: AtomicOutput,
+    out: Publisher,
     staging: str,
     clock: _Clock,
 ) -> dict[str, Any]:
@@ -145,14 +152,10 @@ def _run(
     summary = _base_summary(cfg, input_path, out.final, counts)
     _write_quarantine(rows, out.fs, staging, summary["rows_quarantined"])
     clock.lap("quarantine")
-    _check_bad_fraction(cfg, summary, out, clock)
-    if counts["splits"]["train"]["rows"] == 0:
-        raise FeaturizeError(
-            f"no good rows in the train split of {input_path} "
-            f"({summary['rows_read']} rows read): nothing to learn vocabularies from"
-        )
+    _check_bad_fraction(cfg, summary, out, clock, rows)
+    guards.check_splits(cfg, counts["splits"])
     try:
-        model = Featurizer(tuple(cfg.resolved_fields())).fit(
+        model = Featurizer(tuple(cfg.field_defs())).fit(
             rows.where(F.col(SPLIT) == "train"), staging
         )
     except ValueError as exc:  # e.g. more features than int32 ids can address
@@ -164,7 +167,9 @@ def _run(
         dataset=cfg.name,
         config_hash=config_hash(cfg, sections=CONFIG_HASH_SECTIONS),
         splits={s: SplitStats(**counts["splits"][s]) for s in SPLITS},
-        extra=_encoder_extra(cfg),
+        input=cfg.input.model_copy(update={"separator": cfg.input.sep}),
+        label=cfg.label,
+        split=cfg.split,
     )
     out.fs.write_text(out.fs.join(staging, FEATURE_MAP_FILE), fmap.to_json())
     summary.update(num_features=fmap.num_features, config_hash=fmap.config_hash)
@@ -255,25 +260,19 @@ def _write_quarantine(rows: DataFrame, fs: HadoopFS, staging: str, n_bad: int) -
 
 
 def _check_bad_fraction(
-    cfg: DatasetConfig, summary: dict[str, Any], out: AtomicOutput, clock: _Clock
+    cfg: DatasetConfig, summary: dict[str, Any], out: Publisher, clock: _Clock, rows: DataFrame
 ) -> None:
     if summary["rows_read"] == 0:
         raise FeaturizeError(f"no rows read from {summary['input']!r}: is the input empty?")
-    fraction, limit = summary["bad_fraction"], cfg.max_bad_fraction
+    limit = cfg.max_bad_fraction
     if summary["rows_quarantined"] / summary["rows_read"] <= limit:
         return
     summary.update(status="failed")
     summary.update(clock.report())
     out.fs.write_text(out.fs.join(out.staging, SUMMARY_FILE), _dumps(summary))
+    samples = guards.sample_bad_lines(rows, guards.top_reasons(summary))
     failed = out.fail_to(FAILED_SUFFIX)
-    by_reason = ", ".join(f"{k}={v}" for k, v in summary["quarantined_by_reason"].items() if v)
-    raise FeaturizeError(
-        f"{summary['rows_quarantined']} of {summary['rows_read']} rows were quarantined "
-        f"(bad fraction {fraction:.6g} > max_bad_fraction {limit:g}; {by_reason}). "
-        f"Nothing was published to {out.final}; the quarantined lines and the summary are in "
-        f"{failed}/ . Fix the input or the config, or accept more bad rows with "
-        f"--set max_bad_fraction=<fraction>."
-    )
+    raise FeaturizeError(guards.too_many_bad_rows(cfg, summary, samples, out.final, failed))
 
 
 def _write_splits(
@@ -337,18 +336,6 @@ def parquet_row_group_options(rows: int, model: FeaturizerModel) -> dict[str, st
         "parquet.block.size": str(max(1024, 4 * columns * rows)),
         "parquet.page.row.count.limit": str(max(20_000, rows)),
         "parquet.page.size": str(max(1 << 20, 8 * rows)),
-    }
-
-
-def _encoder_extra(cfg: DatasetConfig) -> dict[str, Any]:
-    """What the serving encoder needs beyond FieldInfo to parse raw rows the same way."""
-    return {
-        "input": {**cfg.input.model_dump(mode="json"), "separator": cfg.input.sep},
-        "label": cfg.label.model_dump(mode="json"),
-        "field_dtypes": {f.name: f.dtype for f in cfg.fields if f.kind == "numeric"},
-        "split": cfg.split.model_dump(mode="json"),
-        "multi_value_policy": "distinct non-empty tokens, first max_values kept",
-        "vocab_schema": "token string, count int64, id int32 (local id; 2 = rare)",
     }
 
 

@@ -3,8 +3,8 @@
 A malformed line must never crash a job nor silently vanish: it is set aside with its raw text
 and the *first* rule it breaks, in the order of :data:`REASONS`. The feature job, batch scoring
 and the pure-Python serving encoder (:mod:`fm_spark.features.encoder`) all apply these rules,
-so the patterns below are written once and used by both backends: Spark's ``rlike`` (Java
-regex) and Python's ``re.fullmatch`` read them the same way.
+so the patterns (in :mod:`.spec`) are written once and used by both backends: Spark's
+``rlike`` (Java regex) and Python's ``re.fullmatch`` read them the same way.
 
 An empty value means *missing*, never an error: only a value that is present and does not
 parse is.
@@ -18,7 +18,20 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, FieldSpec, LabelSpec, SplitSpec
-from fm_spark.features.tokens import raw_value
+from fm_spark.features.encodings.modifiers import spark_transformed
+from fm_spark.features.encodings.numbers import numeric_value
+from fm_spark.features.spec import (
+    BAD_FLOAT,
+    BAD_INT,
+    BAD_LABEL,
+    BAD_SPLIT_KEY,
+    MALFORMED_CSV,
+    MALFORMED_JSON,
+    REASONS,
+    REPLACEMENT_CHAR,
+    UNDECODABLE,
+    WRONG_COLUMN_COUNT,
+)
 
 __all__ = [
     "BAD_FLOAT",
@@ -26,10 +39,8 @@ __all__ = [
     "BAD_LABEL",
     "BAD_SPLIT_KEY",
     "DETAIL",
-    "FLOAT_PATTERN",
     "FORMAT_DETAIL",
     "FORMAT_ERROR",
-    "INT_PATTERN",
     "LABEL",
     "MALFORMED_JSON",
     "RAW",
@@ -47,34 +58,6 @@ __all__ = [
     "with_reason",
 ]
 
-UNDECODABLE = "undecodable"  # the line is not valid UTF-8
-MALFORMED_JSON = "malformed_json"  # jsonl: not a JSON object
-WRONG_COLUMN_COUNT = "wrong_column_count"  # tsv/csv: not exactly len(input.columns) values
-BAD_LABEL = "bad_label"  # label not in label.positive ∪ label.negative
-BAD_INT = "bad_int"  # numeric dtype=int field: present but not [+-]digits within int64
-BAD_FLOAT = "bad_float"  # numeric dtype=float field: present but not a finite decimal
-BAD_SPLIT_KEY = "bad_split_key"  # time split: split column missing or unparseable
-
-# Check order: the first failing rule names the row's reason.
-REASONS = (
-    UNDECODABLE,
-    MALFORMED_JSON,
-    WRONG_COLUMN_COUNT,
-    BAD_LABEL,
-    BAD_INT,
-    BAD_FLOAT,
-    BAD_SPLIT_KEY,
-)
-
-# Spark's text reader decodes UTF-8 with replacement: U+FFFD marks bytes that did not decode.
-REPLACEMENT_CHAR = "\ufffd"
-
-# Whole-value patterns (no anchors: Spark wraps them in ^(?:...)\z, Python uses fullmatch).
-# Deliberately stricter than Spark's lenient casts (which trim, accept "1.5d", "0x1p3",
-# "Infinity"), so both backends accept exactly the same strings.
-INT_PATTERN = r"[+-]?[0-9]+"
-FLOAT_PATTERN = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-
 # Columns of the raw frame every reader produces (see fm_spark.features.source) ...
 RAW = "_raw"  # the line as read
 SOURCE_FILE = "_source_file"
@@ -85,22 +68,6 @@ REASON = "_reason"
 DETAIL = "_detail"
 LABEL = "_label"
 _FAILURE = "_failure"
-
-
-def _full_match(col: Column, pattern: str) -> Column:
-    return col.rlike(f"^(?:{pattern})\\z")
-
-
-def numeric_value(col: Column, dtype: str) -> Column:
-    """The parsed number of a raw string column, null when missing *or* unparseable.
-
-    int: optional sign and digits within int64 (as bigint); float: a finite decimal (as
-    double). The caller tells missing from unparseable with ``col.isNull()``.
-    """
-    if dtype == "int":
-        return F.when(_full_match(col, INT_PATTERN), col.cast("bigint"))
-    x = F.when(_full_match(col, FLOAT_PATTERN), col.cast("double"))
-    return F.when(F.abs(x) < F.lit(float("inf")), x)
 
 
 def label_value(label: LabelSpec, col: Column) -> Column:
@@ -123,7 +90,7 @@ class Rule:
 
 
 def _numeric_rule(field: FieldSpec) -> Rule:
-    value = raw_value(field.input_column, field.transform)
+    value = spark_transformed(F.col(field.input_column), field.transform)
     reason = BAD_INT if field.dtype == "int" else BAD_FLOAT
     failed = value.isNotNull() & numeric_value(value, field.dtype).isNull()
     return Rule(reason, failed, F.lit(field.name))
@@ -147,6 +114,11 @@ def parse_rules(cfg: DatasetConfig, require_label: bool = True) -> list[Rule]:
         Rule(
             MALFORMED_JSON,
             F.col(FORMAT_ERROR) == MALFORMED_JSON,
+            F.col(FORMAT_DETAIL),
+        ),
+        Rule(
+            MALFORMED_CSV,
+            F.col(FORMAT_ERROR) == MALFORMED_CSV,
             F.col(FORMAT_DETAIL),
         ),
         Rule(

@@ -6,8 +6,11 @@ wrong_column_count, else null) and one string column per ``input.columns`` entry
 missing (an empty string is missing). Nothing is collected and no Python runs per row.
 
 Lines are decoded explicitly (invalid UTF-8 -> U+FFFD, then quarantined as undecodable).
-Text formats are split on the separator literally (no CSV quoting): the log formats this
-project reads never quote. JSON lines are parsed with ``from_json`` over the text, not
+TSV lines are split on the separator literally (log formats do not quote); CSV lines follow
+RFC 4180 quoting (``"a,b"``, ``""`` inside quotes) through Spark's ``from_csv`` on the raw
+line, after a check that the quoting is well formed (else ``malformed_csv``) and a column
+count of its own (``from_csv`` pads and drops columns silently). A quoted field cannot span
+lines. JSON lines are parsed with ``from_json`` over the text, not
 ``spark.read.json``, so the raw line of every row (good or bad) is kept as read.
 """
 
@@ -18,15 +21,15 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from fm_spark.config import InputSpec
-from fm_spark.features.quarantine import (
-    FORMAT_DETAIL,
-    FORMAT_ERROR,
+from fm_spark.features.encodings.numbers import full_match
+from fm_spark.features.quarantine import FORMAT_DETAIL, FORMAT_ERROR, RAW, SOURCE_FILE
+from fm_spark.features.spec import (
+    MALFORMED_CSV,
     MALFORMED_JSON,
-    RAW,
-    SOURCE_FILE,
     WRONG_COLUMN_COUNT,
+    csv_patterns,
+    regex_quote,
 )
-from fm_spark.features.tokens import java_regex_quote
 
 __all__ = [
     "CORRUPT_RECORD",
@@ -79,18 +82,36 @@ def parse_text_lines(lines: DataFrame, spec: InputSpec) -> DataFrame:
     """TSV/CSV lines (column ``value``) -> the raw frame; header lines are dropped."""
     if spec.header:
         lines = lines.where(F.col("value") != F.lit(header_line(spec)))
-    parts = F.split(F.col("value"), java_regex_quote(spec.sep), -1)
     n = len(spec.columns)
-    bad = F.size(parts) != F.lit(n)
-    columns = {c: _missing_as_null(parts.getItem(i)) for i, c in enumerate(spec.columns)}
+    value = F.col("value")
+    sep = regex_quote(spec.sep)
+    if spec.format == "csv":
+        line_pattern, quoted = csv_patterns(spec.sep)
+        count = F.size(F.split(F.regexp_replace(value, quoted, ""), sep, -1))
+        schema = ", ".join(f"`{i}` string" for i in range(n))
+        options = {"sep": spec.sep, "escape": '"', "mode": "PERMISSIVE"}
+        parsed = F.from_csv(value, schema, options)
+        cells = [parsed.getField(str(i)) for i in range(n)]
+        malformed = ~full_match(value, line_pattern)
+    else:
+        parts = F.split(value, sep, -1)
+        count = F.size(parts)
+        cells = [parts.getItem(i) for i in range(n)]
+        malformed = F.lit(False)
+    wrong = count != F.lit(n)
+    error = F.when(malformed, F.lit(MALFORMED_CSV)).when(wrong, F.lit(WRONG_COLUMN_COUNT))
+    detail = F.when(malformed, F.lit("quoting is not RFC 4180")).when(
+        wrong, F.format_string(f"expected {n} columns, got %d", count)
+    )
     return lines.select(
-        F.col("value").alias(RAW),
+        value.alias(RAW),
         _source_file(lines),
-        F.when(bad, F.lit(WRONG_COLUMN_COUNT)).alias(FORMAT_ERROR),
-        F.when(bad, F.format_string(f"expected {n} columns, got %d", F.size(parts))).alias(
-            FORMAT_DETAIL
-        ),
-        *[col.alias(name) for name, col in columns.items()],
+        error.alias(FORMAT_ERROR),
+        detail.alias(FORMAT_DETAIL),
+        *[
+            F.when(error.isNull(), _missing_as_null(c)).alias(name)
+            for name, c in zip(spec.columns, cells, strict=True)
+        ],
     )
 
 

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from fm_spark.features.feature_map import FeatureMap
-from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding
+from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding, RowTable
 
 
 class _PairDots(torch.autograd.Function):
@@ -79,3 +79,6 @@ class FieldAwareFactorizationMachine(CTRModel):
 
     def _second_order_rows(self, ids: Tensor) -> list[Tensor]:
         return [self.embedding(ids)]
+
+    def second_order_tables(self) -> list[RowTable]:
+        return [self.embedding]

@@ -7,7 +7,13 @@ from typing import Any
 from torch import Tensor
 
 from fm_spark.features.feature_map import FeatureMap
-from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding, fm_pairwise
+from fm_spark.models.layers import (
+    COMMON_HYPERPARAMETERS,
+    CTRModel,
+    FeaturesEmbedding,
+    RowTable,
+    fm_pairwise,
+)
 
 
 class FactorizationMachine(CTRModel):
@@ -34,3 +40,6 @@ class FactorizationMachine(CTRModel):
 
     def _second_order_rows(self, ids: Tensor) -> list[Tensor]:
         return [self.embedding(ids)]
+
+    def second_order_tables(self) -> list[RowTable]:
+        return [self.embedding]

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from fm_spark.features.feature_map import FeatureMap
-from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding
+from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding, RowTable
 
 
 class FieldWeightedFactorizationMachine(CTRModel):
@@ -55,3 +55,6 @@ class FieldWeightedFactorizationMachine(CTRModel):
 
     def _second_order_rows(self, ids: Tensor) -> list[Tensor]:
         return [self.embedding(ids)]
+
+    def second_order_tables(self) -> list[RowTable]:
+        return [self.embedding]

@@ -8,6 +8,7 @@ switches a column off entirely: that is how padding slots of multi-valued fields
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -38,21 +39,81 @@ def fm_pairwise(embedded: Tensor) -> Tensor:
     return 0.5 * (square_of_sum - sum_of_square).sum(dim=1)
 
 
-def gather_rows(table: nn.Embedding, index: Tensor) -> Tensor:
-    """``table(index)``, but through ``index_select`` when the table is dense.
+@dataclass
+class RowLookup:
+    """One deduplicated lookup: the table rows ``ids`` (unique) as a leaf ``rows`` tensor.
 
-    For a dense gradient CPU ``embedding_dense_backward`` is several times slower than the
-    ``index_add`` behind ``index_select`` on width-1 tables hit by millions of indices (POLY2's
-    pairs); a sparse table must go through the embedding op to get a sparse gradient.
+    Autograd accumulates every use of a row into ``rows.grad`` (``[U, dim]``, dense over the
+    unique rows only); ``counts`` is how often each row occurs in the batch (for L2).
     """
-    if table.sparse:
-        return table(index)
-    flat = table.weight.index_select(0, index.reshape(-1))
-    return flat.view(*index.shape, table.embedding_dim)
+
+    ids: Tensor
+    counts: Tensor
+    rows: Tensor
+
+
+class RowTable(nn.Embedding):
+    """A table looked up by row id: the base of every table in the family.
+
+    Three ways to differentiate a lookup, chosen by the table's settings:
+
+    - ``row_updates`` on (training's default, set by :class:`fm_spark.train.optim.RowOptimizer`):
+      the lookup deduplicates its index once (``unique`` + inverse), gathers the unique rows
+      into a leaf tensor and records it in :attr:`lookups`; the gradient lands there, dense
+      over the unique rows, and the row optimizer updates those rows in place. The table's
+      own ``weight.grad`` stays ``None``: no COO tensor is built or coalesced, and no
+      whole-table gradient exists for DDP to all-reduce.
+    - ``sparse=True`` without row updates: ``nn.Embedding``'s sparse COO gradient (for
+      ``SparseAdam``/``Adagrad``; kept as the reference the row path is tested against).
+    - dense: ``index_select``, whose backward is an ``index_add`` (on CPU several times
+      faster than ``embedding_dense_backward`` for width-1 tables hit by millions of
+      indices, e.g. POLY2's pairs).
+
+    Without gradients (evaluation, serving) every mode is a plain ``index_select``.
+    """
+
+    def __init__(self, num_rows: int, dim: int, sparse: bool = False) -> None:
+        super().__init__(num_rows, dim, sparse=sparse)
+        self.row_updates = False
+        self.lookups: list[RowLookup] = []
+
+    def forward(self, index: Tensor) -> Tensor:
+        if self.row_updates and torch.is_grad_enabled():
+            return self._deduplicated(index)
+        if self.sparse and torch.is_grad_enabled():
+            return super().forward(index)
+        flat = self.weight.index_select(0, index.reshape(-1))
+        return flat.view(*index.shape, self.embedding_dim)
+
+    def _deduplicated(self, index: Tensor) -> Tensor:
+        ids, inverse, counts = torch.unique(
+            index.reshape(-1), sorted=True, return_inverse=True, return_counts=True
+        )
+        rows = self.weight.detach().index_select(0, ids).requires_grad_(True)
+        self.lookups.append(RowLookup(ids, counts, rows))
+        return rows.index_select(0, inverse).view(*index.shape, self.embedding_dim)
+
+    def occurrence_sum_sq(self) -> Tensor:
+        """``sum(row^2)`` over this step's looked-up rows, each counted once per occurrence.
+
+        The same value (and gradient) as summing the squares of the gathered ``[batch, ...]``
+        rows, computed on the unique rows, so the L2 term costs no second lookup.
+        """
+        if not self.lookups:
+            raise RuntimeError("occurrence_sum_sq needs this step's forward pass first")
+        total = self.weight.new_zeros(())
+        for lk in self.lookups:
+            total = total + (lk.rows.pow(2).sum(dim=1) * lk.counts.to(lk.rows.dtype)).sum()
+        return total
+
+
+def gather_rows(table: nn.Embedding, index: Tensor) -> Tensor:
+    """``table(index)``: kept for callers written before :class:`RowTable` chose the path."""
+    return table(index)
 
 
 class FeaturesLinear(nn.Module):
-    """Bias plus one weight per feature, stored as an ``nn.Embedding`` so it can be sparse.
+    """Bias plus one weight per feature, stored as a row table so it can be updated sparsely.
 
     A dense ``nn.Linear`` over a one-hot input of tens of millions of features would touch every
     weight every step; a lookup touches only the rows in the batch.
@@ -60,15 +121,15 @@ class FeaturesLinear(nn.Module):
 
     def __init__(self, num_features: int, sparse: bool = False) -> None:
         super().__init__()
-        self.weights = nn.Embedding(num_features, 1, sparse=sparse)
+        self.weights = RowTable(num_features, 1, sparse=sparse)
         nn.init.zeros_(self.weights.weight)
         self.bias = nn.Parameter(torch.zeros(1))
 
     def forward(self, ids: Tensor, values: Tensor) -> Tensor:
-        return (gather_rows(self.weights, ids).squeeze(-1) * values).sum(dim=1) + self.bias
+        return (self.weights(ids).squeeze(-1) * values).sum(dim=1) + self.bias
 
 
-class FeaturesEmbedding(nn.Embedding):
+class FeaturesEmbedding(RowTable):
     """The factor table ``v``: one ``dim``-vector per global feature id, normal-initialised.
 
     Small random init breaks the symmetry between factors; zeros would leave every pairwise
@@ -151,22 +212,40 @@ class CTRModel(nn.Module):
     def penalty(self, ids: Tensor) -> Tensor:
         """``l2_linear * sum(w[ids]^2) + l2_embed * sum(v[ids]^2)`` over the rows this batch uses.
 
-        Rows are gathered, not read from the whole table, so with ``sparse=True`` the gradient
-        stays sparse; a row is counted once per occurrence, so frequent features are pulled
-        towards zero in proportion to how often they are updated (as in libFM/libffm's SGD).
+        Rows are gathered, not read from the whole table, so the gradient stays on the batch's
+        rows; a row is counted once per occurrence, so frequent features are pulled towards
+        zero in proportion to how often they are updated (as in libFM/libffm's SGD). Tables
+        with row updates take the rows of this step's forward pass instead of a new lookup.
         """
         weight = self.linear.weights.weight
         total = torch.zeros((), dtype=weight.dtype, device=weight.device)
         if self.l2_linear > 0:
-            total = total + self.l2_linear * gather_rows(self.linear.weights, ids).pow(2).sum()
+            table = self.linear.weights
+            if table.row_updates:
+                total = total + self.l2_linear * table.occurrence_sum_sq()
+            else:
+                total = total + self.l2_linear * table(ids).pow(2).sum()
         if self.l2_embed > 0:
-            for rows in self._second_order_rows(ids):
-                total = total + self.l2_embed * rows.pow(2).sum()
+            tables = self.second_order_tables()
+            if tables and all(t.row_updates for t in tables):
+                for table in tables:
+                    total = total + self.l2_embed * table.occurrence_sum_sq()
+            else:
+                for rows in self._second_order_rows(ids):
+                    total = total + self.l2_embed * rows.pow(2).sum()
         return total
 
     def _second_order_rows(self, ids: Tensor) -> list[Tensor]:
         """The rows of the second-order tables that ``ids`` touches (gathered)."""
         return []
+
+    def second_order_tables(self) -> list[RowTable]:
+        """The tables :meth:`_second_order_rows` reads, in the same order."""
+        return []
+
+    def row_tables(self) -> list[RowTable]:
+        """Every table built with ``sparse=True``: what the row optimizer updates."""
+        return [m for m in self.modules() if isinstance(m, RowTable) and m.sparse]
 
     # -- optimiser routing ---------------------------------------------------------------------
     def sparse_parameters(self) -> Iterator[nn.Parameter]:

@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from torch import Tensor, nn
 
 from fm_spark.features.feature_map import FeatureMap
-from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, gather_rows, pair_indices
+from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, RowTable, pair_indices
 
 # Serving contract: change any of these and every trained POLY2 model is silently wrong.
 HASH_PRIME = 2**31 - 1  # Mersenne prime; every product below stays < 2^62, no int64 overflow
@@ -51,7 +51,7 @@ class Poly2(CTRModel):
         if self.num_features >= HASH_PRIME:
             raise ValueError(f"{self.name}: num_features must be < {HASH_PRIME} for the hash")
         self.hash_bits = int(hash_bits)
-        self.pair_weights = nn.Embedding(1 << self.hash_bits, 1, sparse=self.sparse)
+        self.pair_weights = RowTable(1 << self.hash_bits, 1, sparse=self.sparse)
         nn.init.zeros_(self.pair_weights.weight)
         rows, cols = pair_indices(self.num_columns)
         self.register_buffer("pair_rows", rows, persistent=False)
@@ -70,8 +70,11 @@ class Poly2(CTRModel):
         return mixed.bitwise_and_((1 << self.hash_bits) - 1)
 
     def interaction(self, ids: Tensor, x: Tensor) -> Tensor:
-        w = gather_rows(self.pair_weights, self.pair_buckets(ids)).squeeze(-1)
+        w = self.pair_weights(self.pair_buckets(ids)).squeeze(-1)
         return (w * x[:, self.pair_rows] * x[:, self.pair_cols]).sum(dim=1)
 
     def _second_order_rows(self, ids: Tensor) -> list[Tensor]:
-        return [gather_rows(self.pair_weights, self.pair_buckets(ids))]
+        return [self.pair_weights(self.pair_buckets(ids))]
+
+    def second_order_tables(self) -> list[RowTable]:
+        return [self.pair_weights]

@@ -151,8 +151,11 @@ def train(
     model: str,
     output: Path,
     resume: bool = False,
+    callbacks: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
     """Train ``model`` on ``data_dir``'s train split; return (and write) its metrics.
+
+    ``callbacks``: picklable ``on_epoch_end`` / ``on_train_end`` hooks (``WorkerJob.callbacks``).
 
     One worker trains in this process; ``cfg.train.workers > 1`` runs the same function on
     that many processes with TorchDistributor (DDP, gloo on CPU, NCCL on GPU).
@@ -185,6 +188,7 @@ def train(
         worker_batch_size=worker_batch,
         distributed=spec.workers > 1,
         resume=resume,
+        callbacks=tuple(callbacks),
     )
     started = time.perf_counter()
     summary = _run_workers(job, spec.workers, spec.device)
