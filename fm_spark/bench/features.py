@@ -42,11 +42,17 @@ GOAL_VS_MLLIB = 3.0
 GOAL_VS_REWRITE = 0.5
 
 
-def _sizes(quick: bool) -> tuple[int, int, tuple[int, int]]:
-    """(warm-up rows, compared rows, the two RSS sizes)."""
-    if quick:
-        return 5_000, 50_000, (50_000, 200_000)
-    return 20_000, 1_000_000, (1_000_000, 4_000_000)
+def _sizes(quick: bool) -> tuple[int, int, tuple[int, ...]]:
+    """(warm-up rows, compared rows, the RSS sizes); ``FM_BENCH_FEATURES_ROWS`` and
+    ``FM_BENCH_FEATURES_RSS_ROWS`` (comma-separated) override the last two, e.g. on a machine
+    too busy for minutes-long runs."""
+    warm, rows, rss = (
+        (5_000, 50_000, (50_000, 200_000)) if quick else (20_000, 1_000_000, (1_000_000, 4_000_000))
+    )
+    rows = int(os.environ.get("FM_BENCH_FEATURES_ROWS", rows))
+    if os.environ.get("FM_BENCH_FEATURES_RSS_ROWS"):
+        rss = tuple(int(x) for x in os.environ["FM_BENCH_FEATURES_RSS_ROWS"].split(","))
+    return warm, rows, rss
 
 
 def _generate(root: Path, rows: int) -> tuple[Path, int]:
@@ -113,6 +119,7 @@ def _compare(root: Path, quick: bool) -> dict[str, Any]:
     for name, fn in jobs.items():
         seconds, result = _timed(fn, spark, path, root / f"out-{name}")
         out["seconds"][name] = seconds
+        print(f"[bench] features: {name} {lines / seconds:,.0f} rows/s", file=sys.stderr)
         if name == "job":
             out["stages"] = result["stage_seconds"]
             out["quarantined"] = result["rows_quarantined"]
@@ -120,7 +127,8 @@ def _compare(root: Path, quick: bool) -> dict[str, Any]:
     out["parallelism"] = spark.sparkContext.defaultParallelism
     out["master"] = spark.sparkContext.master
     out["shuffle_partitions"] = spark.conf.get("spark.sql.shuffle.partitions")
-    path.unlink()
+    for p in path.parent.glob(f"{path.name}*"):
+        p.unlink()
     return out
 
 
@@ -195,6 +203,11 @@ def _memory(root: Path, quick: bool) -> list[dict[str, Any]]:
         seconds = time.perf_counter() - start
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{err.decode()[-3000:]}")
+        print(
+            f"[bench] features: featurize {lines:,} lines: driver {peak.mib(java=False):,.0f} "
+            f"MiB, JVM {peak.mib(java=True):,.0f} MiB peak RSS",
+            file=sys.stderr,
+        )
         out.append(
             {
                 "rows": rows,
@@ -205,7 +218,8 @@ def _memory(root: Path, quick: bool) -> list[dict[str, Any]]:
                 "seconds": seconds,
             }
         )
-        path.unlink()
+        for p in path.parent.glob(f"{path.name}*"):
+            p.unlink()
         shutil.rmtree(root / f"rss-{rows}", ignore_errors=True)
     return out
 
