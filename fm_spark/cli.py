@@ -244,14 +244,23 @@ def score(
 
 @main.command()
 @click.option("--workdir", default="runs/demo", show_default=True)
-@click.option("--rows", type=click.IntRange(min=1000), default=200_000, show_default=True)
-@click.option("--model", default="ffm", show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option(
+    "--model",
+    default="ffm",
+    show_default=True,
+    type=click.Choice(["lr", "poly2", "fm", "ffm", "fwfm"]),
+)
 @_set_option
 def demo(workdir: str, rows: int, model: str, overrides: tuple[str, ...]) -> None:
-    """Generate a Criteo-format log, featurize it and train a model, on embedded defaults."""
-    from fm_spark.demo import run_demo
+    """Generate a Criteo-format log, featurize it, train a model and an LR baseline."""
+    from fm_spark.demo import check_args, run_demo
 
-    run_demo(Path(workdir), rows=rows, model=model, overrides=list(overrides))
+    check_args(Path(workdir), rows, model)
+    try:
+        run_demo(Path(workdir), rows=rows, model=model, overrides=list(overrides))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover
