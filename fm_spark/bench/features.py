@@ -180,8 +180,9 @@ class _TreePeak:
                 except psutil.Error:
                     continue
                 kib = _vmhwm_kib(p.pid)
-                if kib >= self.peaks.get(p.pid, ("", 0))[1]:
-                    self.peaks[p.pid] = (name, kib)
+                # The latest name wins (spark-submit's shell execs the JVM under its pid),
+                # the largest mark too.
+                self.peaks[p.pid] = (name, max(kib, self.peaks.get(p.pid, ("", 0))[1]))
             self._stop.wait(self.interval)
 
     def mib(self, java: bool) -> float:
