@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(PIP) torch==2.13.0 $(QUIET_PIP)
 	$(PIP) -e ".[dev]" $(QUIET_PIP)
 	$(PIP) --no-deps petastorm==0.13.1 $(QUIET_PIP)
+	$(PY) -m fm_spark.models.ffm_kernel  # FFM's C++ pair kernel, into torch's extension cache
 	touch $(STAMP)
 
 demo: setup
