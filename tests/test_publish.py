@@ -85,10 +85,10 @@ def test_second_job_on_one_output_fails_fast_and_the_first_publishes(spark, tmp_
     try:
         lease = tmp_path / ".out.lease"
         deadline = time.monotonic() + 240
-        while not lease.exists() and first.poll() is None and time.monotonic() < deadline:
+        while not _leased(lease) and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert lease.exists(), first.stderr.read() if first.poll() is not None else "no lease"
-        held = json.loads(lease.read_text())
+        assert _leased(lease), first.stderr.read() if first.poll() is not None else "no lease"
+        held = next(json.loads(lease.read_text()) for _ in iter(int, 1) if _leased(lease))
         assert held["pid"] == first.pid and held["host"] == socket.gethostname()
 
         started = time.monotonic()
@@ -116,6 +116,14 @@ def test_second_job_on_one_output_fails_fast_and_the_first_publishes(spark, tmp_
     assert first.returncode == 0, stderr[-2000:]
     assert version_of(out) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "mini.yaml", "out", "release"]
+
+
+def _leased(lease: Path) -> bool:
+    """The lease exists and is written (it is created, then filled, then rewritten by beats)."""
+    try:
+        return "job_id" in json.loads(lease.read_text())
+    except (OSError, ValueError):
+        return False
 
 
 def _write_lease(path: Path, **fields) -> None:

@@ -29,6 +29,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fm_spark.config import DatasetConfig, config_hash
+from fm_spark.features import guards
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
 from fm_spark.features.featurizer import Featurizer, FeaturizerModel
 from fm_spark.features.io import HadoopFS
@@ -112,13 +113,16 @@ def featurize(
         staging = out.begin()
     except PublishError as exc:
         raise FeaturizeError(str(exc)) from None
+    log.info("featurize: %s -> %s (job %s)", input_path, out.final, out.job_id)
     parsed = None
     try:
         parsed = _parse(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
         summary = _run(cfg, parsed, input_path, out, staging, clock)
         out.commit()
+        log.info("featurize: published %s in %.1fs", out.final, time.monotonic() - clock.start)
         return summary
-    except PublishError as exc:
+    except (PublishError, guards.DataGuardError) as exc:
+        out.abort()
         raise FeaturizeError(str(exc)) from None
     except AnalysisException as exc:
         out.abort()
@@ -148,12 +152,8 @@ def _run(
     summary = _base_summary(cfg, input_path, out.final, counts)
     _write_quarantine(rows, out.fs, staging, summary["rows_quarantined"])
     clock.lap("quarantine")
-    _check_bad_fraction(cfg, summary, out, clock)
-    if counts["splits"]["train"]["rows"] == 0:
-        raise FeaturizeError(
-            f"no good rows in the train split of {input_path} "
-            f"({summary['rows_read']} rows read): nothing to learn vocabularies from"
-        )
+    _check_bad_fraction(cfg, summary, out, clock, rows)
+    guards.check_splits(cfg, counts["splits"])
     try:
         model = Featurizer(tuple(cfg.field_defs())).fit(
             rows.where(F.col(SPLIT) == "train"), staging
@@ -260,25 +260,19 @@ def _write_quarantine(rows: DataFrame, fs: HadoopFS, staging: str, n_bad: int) -
 
 
 def _check_bad_fraction(
-    cfg: DatasetConfig, summary: dict[str, Any], out: Publisher, clock: _Clock
+    cfg: DatasetConfig, summary: dict[str, Any], out: Publisher, clock: _Clock, rows: DataFrame
 ) -> None:
     if summary["rows_read"] == 0:
         raise FeaturizeError(f"no rows read from {summary['input']!r}: is the input empty?")
-    fraction, limit = summary["bad_fraction"], cfg.max_bad_fraction
+    limit = cfg.max_bad_fraction
     if summary["rows_quarantined"] / summary["rows_read"] <= limit:
         return
     summary.update(status="failed")
     summary.update(clock.report())
     out.fs.write_text(out.fs.join(out.staging, SUMMARY_FILE), _dumps(summary))
+    samples = guards.sample_bad_lines(rows, guards.top_reasons(summary))
     failed = out.fail_to(FAILED_SUFFIX)
-    by_reason = ", ".join(f"{k}={v}" for k, v in summary["quarantined_by_reason"].items() if v)
-    raise FeaturizeError(
-        f"{summary['rows_quarantined']} of {summary['rows_read']} rows were quarantined "
-        f"(bad fraction {fraction:.6g} > max_bad_fraction {limit:g}; {by_reason}). "
-        f"Nothing was published to {out.final}; the quarantined lines and the summary are in "
-        f"{failed}/ . Fix the input or the config, or accept more bad rows with "
-        f"--set max_bad_fraction=<fraction>."
-    )
+    raise FeaturizeError(guards.too_many_bad_rows(cfg, summary, samples, out.final, failed))
 
 
 def _write_splits(
@@ -305,8 +299,9 @@ def _write_splits(
     )
     spec = cfg.output
     largest = max(counts["splits"][s]["rows"] for s in SPLITS)
+    group_rows = row_group_rows(spec.row_group_rows, counts["splits"]["train"]["rows"])
     spark = good.sparkSession
-    wanted = min(max(2, spark.sparkContext.defaultParallelism), largest // spec.row_group_rows)
+    wanted = min(max(2, spark.sparkContext.defaultParallelism), largest // group_rows)
     if wanted >= 2 and encoded.rdd.getNumPartitions() < wanted:
         # Deterministic spread: by a hash of the ids (stable across runs), not round-robin.
         encoded = encoded.repartition(wanted, F.xxhash64(*model.id_columns))
@@ -314,7 +309,7 @@ def _write_splits(
     (
         encoded.write.partitionBy(SPLIT)
         .option("maxRecordsPerFile", spec.rows_per_file)
-        .options(**parquet_row_group_options(spec.row_group_rows, model))
+        .options(**parquet_row_group_options(group_rows, model))
         .parquet(tmp)
     )
     schema = encoded.drop(SPLIT).schema
@@ -325,6 +320,19 @@ def _write_splits(
         else:  # an empty split still gets a readable (schema-only) dataset
             spark.createDataFrame([], schema).write.parquet(dst)
     fs.delete(tmp)
+
+
+# Petastorm shards by row group: a train split needs at least this many for workers to share.
+MIN_TRAIN_ROW_GROUPS = 8
+
+
+def row_group_rows(configured: int, train_rows: int) -> int:
+    """``output.row_group_rows``, lowered so the train split has >= MIN_TRAIN_ROW_GROUPS groups.
+
+    On a small log (20K rows) the configured 50K-row groups would give one row group per
+    split, and a second training worker nothing to read.
+    """
+    return max(1, min(configured, -(-train_rows // MIN_TRAIN_ROW_GROUPS)))
 
 
 def parquet_row_group_options(rows: int, model: FeaturizerModel) -> dict[str, str]:
