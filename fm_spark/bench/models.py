@@ -243,7 +243,7 @@ def _ddp(quick: bool) -> list[dict[str, Any]]:
 def _as_trained(quick: bool) -> dict[str, Any]:
     """``fm-spark train``'s own samples/s for FFM k=4, and the loop on the same shapes."""
     from fm_spark.config import parse_config
-    from fm_spark.data.synthetic import write_planted_dataset
+    from fm_spark.datagen import write_planted_dataset
     from fm_spark.train.run import train
 
     rows = 60_000 if quick else 240_000
