@@ -21,6 +21,11 @@ _set_option = click.option(
     metavar="KEY=VALUE",
     help="Override a config value, e.g. --set encoding.min_count=10 (repeatable).",
 )
+_tracking_option = click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db].",
+)
 _config_option = click.option(
     "--config",
     "config_path",
@@ -76,9 +81,15 @@ def generate(fmt: str, rows: int, seed: int, output: str, bad_fraction: float) -
 @click.option("--input", "input_path", required=True, help="Raw log file, folder or glob.")
 @click.option("--output", required=True, help="Output directory (field-indexed Parquet).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing finished output.")
+@_tracking_option
 @_set_option
 def featurize(
-    config_path: str, input_path: str, output: str, overwrite: bool, overrides: tuple[str, ...]
+    config_path: str,
+    input_path: str,
+    output: str,
+    overwrite: bool,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
 ) -> None:
     """Raw logs -> field-indexed Parquet (train/valid/test) + feature_map.json."""
     from fm_spark.features.job import FeaturizeError
@@ -92,6 +103,9 @@ def featurize(
     except FeaturizeError as exc:
         click.echo(f"featurize failed: {exc}", err=True)
         sys.exit(2)
+    from fm_spark.tracking import log_featurize_run
+
+    summary["mlflow_run_id"] = log_featurize_run(summary, output, tracking_uri)
     _emit(summary)
 
 
@@ -113,6 +127,8 @@ def featurize(
     help="= --set train.device",
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
+@click.option("--register", default=None, metavar="NAME", help="Register as NAME@challenger.")
+@_tracking_option
 @_set_option
 def train(
     config_path: str,
@@ -122,18 +138,20 @@ def train(
     workers: int | None,
     device: str | None,
     resume: bool,
+    register: str | None,
+    tracking_uri: str | None,
     overrides: tuple[str, ...],
 ) -> None:
     """Train a model on featurized data (Petastorm -> torch; TorchDistributor for >1 worker)."""
+    from fm_spark.tracking import train_tracked
     from fm_spark.train.run import TrainError
-    from fm_spark.train.run import train as run
 
     extra = [f"train.workers={workers}"] if workers else []
     extra += [f"train.device={device}"] if device else []
     cfg = _load(config_path, (*overrides, *extra))
     run_dir = Path(output) if output else Path("runs") / cfg.name / model
     try:
-        metrics = run(cfg, data_dir=data_dir, model=model, output=run_dir, resume=resume)
+        metrics = train_tracked(cfg, data_dir, model, run_dir, resume, tracking_uri, register)
     except TrainError as exc:
         click.echo(f"train failed: {exc}", err=True)
         sys.exit(2)
@@ -141,15 +159,108 @@ def train(
 
 
 @main.command()
+@click.option("--name", required=True, help="Registered model name.")
+@click.option("--version", default=None, help="Version to promote [default: @challenger].")
+@click.option("--holdout", default=None, help="Featurized dir whose test split to compare on.")
+@click.option("--registry-config", default=None, help="Gate policy YAML [conf/registry.yaml].")
+@_tracking_option
+@_set_option
+def promote(
+    name: str,
+    version: str | None,
+    holdout: str | None,
+    registry_config: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Move NAME@champion to the challenger if it beats the champion on the same holdout."""
+    from fm_spark.registry.promote import PromotionError, load_policy
+    from fm_spark.registry.promote import promote as run
+
+    try:
+        policy = load_policy(registry_config, overrides)
+        _emit(run(name, version, holdout, policy, tracking_uri))
+    except (PromotionError, ConfigError) as exc:
+        click.echo(f"promote failed: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.group()
+def models() -> None:
+    """Registry look-ups."""
+
+
+@models.command("list")
+@_tracking_option
+def models_list(tracking_uri: str | None) -> None:
+    """Registered models, their latest version and aliases (one JSON line each)."""
+    from fm_spark.registry.lookup import list_models
+
+    for entry in list_models(tracking_uri):
+        _emit(entry)
+
+
+@models.command("show")
+@click.argument("name")
+@_tracking_option
+def models_show(name: str, tracking_uri: str | None) -> None:
+    """Versions of NAME: aliases, test metrics, data digest, promotion verdict, when."""
+    from mlflow.exceptions import MlflowException
+
+    from fm_spark.registry.lookup import show_model
+
+    try:
+        click.echo(json.dumps(show_model(name, tracking_uri), indent=2, sort_keys=True))
+    except MlflowException as exc:
+        click.echo(f"models show failed: {exc.message}", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True, help="e.g. models:/NAME@champion")
+@click.option("--input", "input_path", required=True, help="Raw log file, folder or glob.")
+@click.option("--output", required=True, help="Output directory (Parquet of probabilities).")
+@click.option("--keep", multiple=True, metavar="COLUMN", help="Input column to pass through.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing finished output.")
+@_tracking_option
+def score(
+    model_uri: str,
+    input_path: str,
+    output: str,
+    keep: tuple[str, ...],
+    overwrite: bool,
+    tracking_uri: str | None,
+) -> None:
+    """Score raw logs with a registered model (Spark, mapInPandas)."""
+    from fm_spark.score.job import ScoreError
+    from fm_spark.score.job import score as run
+
+    try:
+        _emit(run(model_uri, input_path, output, keep, overwrite, tracking_uri=tracking_uri))
+    except ScoreError as exc:
+        click.echo(f"score failed: {exc}", err=True)
+        sys.exit(2)
+
+
+@main.command()
 @click.option("--workdir", default="runs/demo", show_default=True)
-@click.option("--rows", type=click.IntRange(min=1000), default=200_000, show_default=True)
-@click.option("--model", default="ffm", show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=200_000, show_default=True)
+@click.option(
+    "--model",
+    default="ffm",
+    show_default=True,
+    type=click.Choice(["lr", "poly2", "fm", "ffm", "fwfm"]),
+)
 @_set_option
 def demo(workdir: str, rows: int, model: str, overrides: tuple[str, ...]) -> None:
-    """Generate a Criteo-format log, featurize it and train a model, on embedded defaults."""
-    from fm_spark.demo import run_demo
+    """Generate a Criteo-format log, featurize it, train a model and an LR baseline."""
+    from fm_spark.demo import check_args, run_demo
 
-    run_demo(Path(workdir), rows=rows, model=model, overrides=list(overrides))
+    check_args(Path(workdir), rows, model)
+    try:
+        run_demo(Path(workdir), rows=rows, model=model, overrides=list(overrides))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -26,7 +26,9 @@ and text is rendered by Arrow's CSV writer, so a million rows take a few seconds
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -37,9 +39,12 @@ from typing import Any, BinaryIO, Protocol
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 
+from fm_spark.features.feature_map import FeatureMap
 from fm_spark.features.spec import BAD_INT, BAD_LABEL, UNDECODABLE, WRONG_COLUMN_COUNT
 from fm_spark.features.spec import log_bin as _spec_log_bin
+from fm_spark.train.metrics import log_loss, roc_auc
 
 BAD_KINDS = (WRONG_COLUMN_COUNT, BAD_LABEL, BAD_INT, UNDECODABLE)
 TRUTH_SUFFIX = ".truth"
@@ -484,39 +489,19 @@ _FORMATS: dict[str, Callable[[], _Format]] = {"criteo": _CriteoFormat}
 
 
 # --------------------------------------------------------------------------------------------
-# metrics (numpy only: scikit-learn is a dev dependency)
+# metrics: the project's own (fm_spark.train.metrics), so the planted optimum is scored
+# exactly as trained models are
 # --------------------------------------------------------------------------------------------
 
 
-def auc_score(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC with tied scores sharing their average rank (as sklearn's roc_auc_score).
-
-    None when only one class is present, where AUC is undefined.
-    """
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype=np.float64)
-    n_pos = int(y.sum())
-    n_neg = y.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ss = s[order]
-    first = np.empty(ss.size, dtype=bool)  # first element of each group of tied scores
-    first[0] = True
-    np.not_equal(ss[1:], ss[:-1], out=first[1:])
-    starts = np.flatnonzero(first)
-    stops = np.append(starts[1:], ss.size)
-    avg_rank = (starts + 1 + stops) / 2.0  # mean of the 1-based ranks starts+1 .. stops
-    rank_sum = avg_rank[np.cumsum(first) - 1][y[order]].sum()
-    return float((rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+def _oracle_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """AUC, or None where it is undefined (one class only): the meta file is strict JSON."""
+    value = roc_auc(labels, scores)
+    return None if math.isnan(value) else value
 
 
-def log_loss(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    y = np.asarray(labels, dtype=np.float64)
-    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
-    if y.size == 0:
-        return None
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+def _oracle_logloss(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    return log_loss(labels, probs) if np.asarray(labels).size else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -644,10 +629,10 @@ def generate(
         "positive_rate": positives / rows if rows else None,
         "mean_truth": float(truth.mean()) if rows else None,
         "oracle": {
-            "auc": auc_score(labels, truth),
-            "logloss": log_loss(labels, truth),
+            "auc": _oracle_auc(labels, truth),
+            "logloss": _oracle_logloss(labels, truth),
             # AUC of the main effects alone: about the ceiling of any linear model.
-            "main_effects_auc": auc_score(labels, main),
+            "main_effects_auc": _oracle_auc(labels, main),
             "logit_std": {
                 "main": float(main.std()) if rows else None,
                 "interaction": float(inter.std()) if rows else None,
@@ -685,3 +670,115 @@ def generate(
         "meta_path": str(meta_path),
         "seconds": round(time.perf_counter() - started, 3),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# featurized datasets from a planted FM, without Spark (training tests and benchmarks)
+# --------------------------------------------------------------------------------------------
+# The raw-log generator above exercises the whole pipeline; training tests and the training
+# benchmark need field-indexed Parquet of a chosen size and shape (files, row groups) fast and
+# without a Spark job in the way. This writes the feature job's layout (train/valid/test
+# Parquet folders with _SUCCESS, feature_map.json, a top-level _SUCCESS) from a planted
+# factorization machine and returns the planted model's own AUC per split.
+
+_SPLITS = ("train", "valid", "test")
+
+
+def _zipf_ids(rng: np.random.Generator, rows: int, size: int) -> np.ndarray:
+    """Local ids in ``[0, size)`` with Zipf-like frequencies, as categorical logs have."""
+    probs = 1.0 / np.arange(1, size + 1) ** 1.1
+    return rng.choice(size, size=rows, p=probs / probs.sum()).astype(np.int32)
+
+
+def _planted_logits(ids: np.ndarray, linear: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """FM logits without bias, in chunks so a million-row split needs no [rows, C, k] array."""
+    out = np.empty(ids.shape[0])
+    for lo in range(0, ids.shape[0], 100_000):
+        chunk = ids[lo : lo + 100_000]
+        v = factors[chunk]  # [rows, C, k]
+        pair = 0.5 * (v.sum(axis=1) ** 2 - (v**2).sum(axis=1)).sum(axis=1)
+        out[lo : lo + 100_000] = linear[chunk].sum(axis=1) + pair
+    return out
+
+
+def write_planted_dataset(
+    output: str | Path,
+    *,
+    rows: dict[str, int],
+    field_sizes: list[int] | None = None,
+    embed_dim: int = 2,
+    interaction_scale: float = 0.7,
+    linear_scale: float = 0.3,
+    files_per_split: int = 2,
+    row_group_rows: int = 5_000,
+    row_group_sizes: list[int] | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Write a featurized dataset drawn from a planted FM; return the oracle AUC per split.
+
+    ``row_group_sizes`` (train split only) writes one file per listed size, each a single row
+    group, to build deliberately uneven shards; otherwise each split is ``files_per_split``
+    files with row groups of ``row_group_rows``. Interactions dominate the planted logit
+    (``interaction_scale`` vs ``linear_scale``), so a model without them is clearly worse.
+    """
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    # Small fields: tests train on a few 10k rows, and FFM's (fields - 1) x k parameters per
+    # feature need each value seen often enough to be learned, not just memorised.
+    sizes = field_sizes or [6, 10, 8, 12, 5, 6, 10, 8]
+    fmap = FeatureMap.synthetic(sizes, dataset="planted")
+    rng = np.random.default_rng(seed)
+    n = fmap.num_features
+    linear = rng.normal(0.0, linear_scale, n)
+    factors = rng.normal(0.0, interaction_scale / np.sqrt(embed_dim), (n, embed_dim))
+    offsets = np.array(fmap.field_offsets, dtype=np.int32)
+    oracle: dict[str, float] = {}
+    bias = None
+    for split in _SPLITS:
+        count = rows[split]
+        local = np.stack([_zipf_ids(rng, count, s) for s in sizes], axis=1)
+        ids = local + offsets
+        z = _planted_logits(ids, linear, factors)
+        if bias is None:  # aim at a 25% click rate, as display-ads logs roughly have
+            bias = float(np.log(0.25 / 0.75) - np.median(z))
+        p = 1.0 / (1.0 + np.exp(-(z + bias)))
+        label = (rng.random(count) < p).astype(np.float32)
+        oracle[split] = roc_auc(label, p)
+        table = pa.table(
+            {"label": label, **{c: ids[:, i] for i, c in enumerate(fmap.column_names)}}
+        )
+        _write_split(
+            out / split,
+            table,
+            files_per_split,
+            row_group_rows,
+            row_group_sizes if split == "train" else None,
+        )
+    fmap.save(out)
+    (out / "_SUCCESS").touch()
+    return oracle
+
+
+def _write_split(
+    directory: Path,
+    table: pa.Table,
+    files: int,
+    row_group_rows: int,
+    row_group_sizes: list[int] | None,
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if row_group_sizes:
+        bounds = np.cumsum([0, *row_group_sizes])
+        if bounds[-1] != table.num_rows:
+            raise ValueError(f"row_group_sizes sum to {bounds[-1]}, the split has {table.num_rows}")
+        chunks = [(int(a), int(b - a), int(b - a)) for a, b in itertools.pairwise(bounds)]
+    else:
+        step = -(-table.num_rows // files)
+        chunks = [(a, step, row_group_rows) for a in range(0, table.num_rows, step)]
+    for i, (start, length, group) in enumerate(chunks):
+        pq.write_table(
+            table.slice(start, length),
+            directory / f"part-{i:05d}.parquet",
+            row_group_size=max(1, group),
+        )
+    (directory / "_SUCCESS").touch()

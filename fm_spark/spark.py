@@ -7,6 +7,7 @@ the active context), then ``SPARK_MASTER``, then ``local[*]``. Nothing here star
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -28,6 +29,8 @@ def get_spark(app_name: str = "fm-spark", conf: dict[str, str] | None = None) ->
         return active
     builder = SparkSession.builder.appName(app_name)
     if not _under_spark_submit():
+        # Python workers (mapInPandas) run this interpreter, not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(os.environ.get("SPARK_MASTER", "local[*]"))
     settings = {
         # Small local machines: the default of 200 shuffle partitions is pure overhead.

@@ -182,14 +182,14 @@ def test_planted_model_depends_on_seed_only(tmp_path: Path, log: tuple[Path, dic
     assert len(model["interactions"]["pairs"]) >= 10
 
 
-def test_auc_matches_sklearn_with_ties() -> None:
+def test_oracle_auc_matches_sklearn_with_ties() -> None:
     from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
     y = rng.random(5000) < 0.3
     s = np.round(rng.random(5000) + 0.3 * y, 1)  # heavy ties
-    assert datagen.auc_score(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    assert datagen.auc_score(np.ones(3), np.arange(3)) is None
+    assert datagen._oracle_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert datagen._oracle_auc(np.ones(3), np.arange(3)) is None
 
 
 def test_log_bin() -> None:

@@ -46,7 +46,9 @@ class Broken:
 
 def _job(data: Path, run_dir: Path, callbacks: tuple, epochs: int = 2) -> WorkerJob:
     cfg = config(epochs=epochs, patience=5)
-    _, layouts = check_data_dir(str(data), run_dir)
+    fmap, layouts = check_data_dir(str(data))  # writes nothing: the run is not accepted yet
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fmap.save(run_dir)
     batch = cfg.train.batch_size
     return WorkerJob(
         config=cfg.model_dump(mode="json"),

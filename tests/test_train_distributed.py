@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from train_support import ROWS, config, one_torch_thread, planted
 
-from fm_spark.data.synthetic import write_planted_dataset
+from fm_spark.datagen import write_planted_dataset
 from fm_spark.train.errors import NonFiniteLossError
 from fm_spark.train.run import train
 

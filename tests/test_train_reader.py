@@ -20,7 +20,7 @@ from fm_spark.data.reader import (
     split_layout,
     steps_per_epoch,
 )
-from fm_spark.data.synthetic import write_planted_dataset
+from fm_spark.datagen import write_planted_dataset
 from fm_spark.features.feature_map import ColumnInfo, FeatureMap
 
 

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from fm_spark.config import DatasetConfig, parse_config
-from fm_spark.data.synthetic import write_planted_dataset
+from fm_spark.datagen import write_planted_dataset
 
 NUM_FIELDS = 8
 ROWS = {"train": 40_000, "valid": 10_000, "test": 10_000}

@@ -18,6 +18,8 @@ from pathlib import Path
 SECTIONS: dict[str, str] = {
     "models": "fm_spark.bench.models",
     "training": "fm_spark.bench.training",
+    "quality": "fm_spark.bench.quality",
+    "serving": "fm_spark.bench.serving",
 }
 
 

@@ -32,7 +32,7 @@ import yaml
 
 from fm_spark.config import TrainSpec
 from fm_spark.data.reader import Batch, dataset_url, open_batches, petastorm_seed
-from fm_spark.data.synthetic import write_planted_dataset
+from fm_spark.datagen import write_planted_dataset
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.models import build_model
 from fm_spark.train.loop import StepFn, make_optimizers

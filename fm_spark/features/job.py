@@ -299,8 +299,9 @@ def _write_splits(
     )
     spec = cfg.output
     largest = max(counts["splits"][s]["rows"] for s in SPLITS)
+    group_rows = row_group_rows(spec.row_group_rows, counts["splits"]["train"]["rows"])
     spark = good.sparkSession
-    wanted = min(max(2, spark.sparkContext.defaultParallelism), largest // spec.row_group_rows)
+    wanted = min(max(2, spark.sparkContext.defaultParallelism), largest // group_rows)
     if wanted >= 2 and encoded.rdd.getNumPartitions() < wanted:
         # Deterministic spread: by a hash of the ids (stable across runs), not round-robin.
         encoded = encoded.repartition(wanted, F.xxhash64(*model.id_columns))
@@ -308,7 +309,7 @@ def _write_splits(
     (
         encoded.write.partitionBy(SPLIT)
         .option("maxRecordsPerFile", spec.rows_per_file)
-        .options(**parquet_row_group_options(spec.row_group_rows, model))
+        .options(**parquet_row_group_options(group_rows, model))
         .parquet(tmp)
     )
     schema = encoded.drop(SPLIT).schema
@@ -319,6 +320,19 @@ def _write_splits(
         else:  # an empty split still gets a readable (schema-only) dataset
             spark.createDataFrame([], schema).write.parquet(dst)
     fs.delete(tmp)
+
+
+# Petastorm shards by row group: a train split needs at least this many for workers to share.
+MIN_TRAIN_ROW_GROUPS = 8
+
+
+def row_group_rows(configured: int, train_rows: int) -> int:
+    """``output.row_group_rows``, lowered so the train split has >= MIN_TRAIN_ROW_GROUPS groups.
+
+    On a small log (20K rows) the configured 50K-row groups would give one row group per
+    split, and a second training worker nothing to read.
+    """
+    return max(1, min(configured, -(-train_rows // MIN_TRAIN_ROW_GROUPS)))
 
 
 def parquet_row_group_options(rows: int, model: FeaturizerModel) -> dict[str, str]:

@@ -38,6 +38,7 @@ from fm_spark.train.loop import (
     setup_logging,
     train_worker,
 )
+from fm_spark.train.sizing import fit_to_data
 
 __all__ = ["METRICS_FILE", "MODEL_FILE", "TrainError", "check_data_dir", "train"]
 
@@ -79,14 +80,19 @@ class _DataDir:
         return f"{self.url}/{split}"
 
 
-def check_data_dir(data_dir: str, run_dir: Path) -> tuple[FeatureMap, dict[str, Any]]:
+def check_data_dir(data_dir: str, run_dir: Path | None = None) -> tuple[FeatureMap, dict[str, Any]]:
     """Refuse a data directory training cannot use; return its feature map and split layouts.
 
-    Checks, in order: the directory, ``feature_map.json`` (copied into ``run_dir``), the
-    ``_SUCCESS`` marker of a finished featurize run, the three splits, and every split's
-    Parquet schema and id ranges against the feature map.
+    Checks, in order: the directory, ``feature_map.json``, the ``_SUCCESS`` marker of a
+    finished featurize run, the three splits, every split's Parquet schema and id ranges
+    against the feature map, and each column's ids against its own field's range. Writes
+    nothing (``run_dir`` is unused, kept for callers): a refused run leaves its run directory
+    as it was.
     """
+    import tempfile
+
     from fm_spark.data.reader import DataError, check_schema, split_layout
+    from fm_spark.train.contracts import check_field_ranges
 
     data = _DataDir(data_dir)
     if not data.exists():
@@ -96,13 +102,13 @@ def check_data_dir(data_dir: str, run_dir: Path) -> tuple[FeatureMap, dict[str, 
             f"{data_dir} has no {FEATURE_MAP_FILE}: pass the output directory of "
             "`fm-spark featurize` as --data"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    local_map = run_dir / FEATURE_MAP_FILE
-    local_map.write_text(data.read_text(FEATURE_MAP_FILE), encoding="utf-8")
-    try:
-        fmap = FeatureMap.load(local_map)
-    except (ValueError, FileNotFoundError) as exc:
-        raise TrainError(f"{data_dir}/{FEATURE_MAP_FILE} is not a feature map: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="fm-spark-map-") as tmp:
+        local_map = Path(tmp) / FEATURE_MAP_FILE
+        local_map.write_text(data.read_text(FEATURE_MAP_FILE), encoding="utf-8")
+        try:
+            fmap = FeatureMap.load(local_map)
+        except (ValueError, FileNotFoundError) as exc:
+            raise TrainError(f"{data_dir}/{FEATURE_MAP_FILE} is not a feature map: {exc}") from None
     if not data.exists(SUCCESS):
         raise TrainError(
             f"{data_dir} has no {SUCCESS} marker: the feature job did not finish (or is still "
@@ -117,6 +123,7 @@ def check_data_dir(data_dir: str, run_dir: Path) -> tuple[FeatureMap, dict[str, 
             check_schema(layout, fmap, split)
         except DataError as exc:
             raise TrainError(str(exc)) from None
+        check_field_ranges(layout, fmap, split, data_dir)
         layouts[split] = layout
     if layouts["valid"].rows == 0:
         raise TrainError(
@@ -126,17 +133,37 @@ def check_data_dir(data_dir: str, run_dir: Path) -> tuple[FeatureMap, dict[str, 
     return fmap, layouts
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def _prepare_run_dir(run_dir: Path, resume: bool, fmap: FeatureMap | None = None) -> None:
     has_checkpoint = (run_dir / checkpoint.CHECKPOINT_FILE).exists()
     if has_checkpoint and not resume:
         raise TrainError(
             f"{run_dir} already holds a run ({checkpoint.CHECKPOINT_FILE}); pass --resume to "
             "continue it, or choose another --output"
         )
+    if has_checkpoint and fmap is not None:
+        checkpoint.load(run_dir / checkpoint.CHECKPOINT_FILE)  # unreadable: refused here
+        _check_same_features(run_dir, fmap)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temps(run_dir)
     if not has_checkpoint:
         for name in (checkpoint.BEST_FILE, MODEL_FILE, METRICS_FILE):
             (run_dir / name).unlink(missing_ok=True)
     (run_dir / FAILURE_FILE).unlink(missing_ok=True)
+
+
+def _check_same_features(run_dir: Path, fmap: FeatureMap) -> None:
+    """``--resume`` continues training on the features the run started with, or refuses."""
+    theirs = run_dir / FEATURE_MAP_FILE
+    try:
+        earlier = FeatureMap.load(theirs).fingerprint
+    except (OSError, ValueError):
+        earlier = None
+    if earlier != fmap.fingerprint:
+        raise TrainError(
+            f"{run_dir} was trained on features with another fingerprint ({earlier}) than "
+            f"--data's ({fmap.fingerprint}): its ids mean different things. Resume with the "
+            "data it started on, or train into another --output"
+        )
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -151,8 +178,11 @@ def train(
     model: str,
     output: Path,
     resume: bool = False,
+    callbacks: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
     """Train ``model`` on ``data_dir``'s train split; return (and write) its metrics.
+
+    ``callbacks``: picklable ``on_epoch_end`` / ``on_train_end`` hooks (``WorkerJob.callbacks``).
 
     One worker trains in this process; ``cfg.train.workers > 1`` runs the same function on
     that many processes with TorchDistributor (DDP, gloo on CPU, NCCL on GPU).
@@ -164,13 +194,17 @@ def train(
     spec = cfg.train
     run_dir = Path(output)
     fmap, layouts = check_data_dir(data_dir, run_dir)
+    cfg = fit_to_data(cfg, layouts["train"].rows)
+    spec = cfg.train
     worker_batch = _worker_batch_size(spec.batch_size, spec.workers)
     try:
         steps = steps_per_epoch(layouts["train"], worker_batch, spec.workers)
     except DataError as exc:
         raise TrainError(str(exc)) from None
     _report_shards(layouts["train"], spec.workers, steps, worker_batch)
-    _prepare_run_dir(run_dir, resume)
+    _prepare_run_dir(run_dir, resume, fmap)
+    # Accepted: from here on the run directory is written.
+    (run_dir / FEATURE_MAP_FILE).write_text(fmap.to_json(), encoding="utf-8")
     (run_dir / CONFIG_FILE).write_text(
         yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8"
     )
@@ -185,6 +219,7 @@ def train(
         worker_batch_size=worker_batch,
         distributed=spec.workers > 1,
         resume=resume,
+        callbacks=tuple(callbacks),
     )
     started = time.perf_counter()
     summary = _run_workers(job, spec.workers, spec.device)

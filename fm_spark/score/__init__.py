@@ -1,0 +1,1 @@
+"""Batch scoring of raw logs with a registered model (``fm-spark score``)."""
