@@ -108,10 +108,8 @@ def parse_text_lines(lines: DataFrame, spec: InputSpec) -> DataFrame:
         _source_file(lines),
         error.alias(FORMAT_ERROR),
         detail.alias(FORMAT_DETAIL),
-        *[
-            F.when(error.isNull(), _missing_as_null(c)).alias(name)
-            for name, c in zip(spec.columns, cells, strict=True)
-        ],
+        # A bad line's cells are never used: its format error is the first reason it gets.
+        *[_missing_as_null(c).alias(name) for name, c in zip(spec.columns, cells, strict=True)],
     )
 
 
