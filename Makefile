@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml
 	$(PIP) --no-deps petastorm==0.13.1 $(QUIET_PIP)
 	@# pip's spark-submit runs the python3 first on PATH: bind the venv's to the venv
 	printf '#!/bin/sh\nexec "$$(dirname "$$0")/fm-spark-submit" "$$@"\n' > $(VENV)/bin/spark-submit
+	$(PY) -m fm_spark.models.ffm_kernel  # FFM's C++ pair kernel, into torch's extension cache
 	touch $(STAMP)
 
 demo: setup

@@ -20,6 +20,18 @@ _REQUIRED_CONF = {
 }
 
 
+# Speed, not correctness. The feature job's encode step is one whole-stage-codegen method
+# holding every field's vocabulary lookup (39 broadcast joins for Criteo), and its fit one
+# holding every field's tokens: far above HotSpot's 8,000-byte limit for JIT-compiling a
+# method, so by default those loops stay interpreted. Measured on a 200K-line Criteo file:
+# the encode stage's task CPU falls from 5.4 s to 2.4 s with huge methods compiled.
+_JVM_OPTIONS = "-XX:-DontCompileHugeMethods"
+
+
+def _java_options(conf: dict[str, str], key: str) -> str:
+    return " ".join(x for x in (_JVM_OPTIONS, conf.get(key, "")) if x)
+
+
 def get_spark(app_name: str = "fm-spark", conf: dict[str, str] | None = None) -> SparkSession:
     """The active session, or a new one on ``SPARK_MASTER`` / ``local[*]``."""
     active = SparkSession.getActiveSession()
@@ -39,6 +51,8 @@ def get_spark(app_name: str = "fm-spark", conf: dict[str, str] | None = None) ->
         **_REQUIRED_CONF,
         **(conf or {}),
     }
+    for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+        settings[key] = _java_options(conf or {}, key)
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()

@@ -27,6 +27,8 @@ def test_spark_submit_featurize_runs_end_to_end(tmp_path):
     data["fields"] = [f for f in data["fields"] if f["name"] in ("cat", "cnt")]
     config.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
+    if "fm-spark-submit" not in SPARK_SUBMIT.read_text(errors="replace"):
+        pytest.fail(f"{SPARK_SUBMIT} is pip's launcher: run `make setup` (it binds it to the venv)")
     env = _without_venv(os.environ)
     cmd = [str(SPARK_SUBMIT), "--master", "local[1]", str(ROOT / "jobs" / "featurize.py")]
     cmd += ["--config", str(config), "--input", str(src), "--output", str(out)]

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
 from torch.func import functional_call
 
 from fm_spark.features.feature_map import ColumnInfo, FeatureMap, FieldInfo
-from fm_spark.models import MODEL_NAMES, MODELS, CTRModel, build_model, poly2_hash
-from fm_spark.models.reference import TextbookFFM
+from fm_spark.models import MODEL_NAMES, MODELS, CTRModel, build_model, ffm_kernel, poly2_hash
+from fm_spark.models.reference import OneGatherFFM, TextbookFFM
 
 FIELD_SIZES = [5, 7, 3, 9, 4]
 HYPER = {
@@ -175,6 +177,8 @@ def test_ffm_equals_textbook_loop(layout: str, dtype: torch.dtype) -> None:
     got, want = model(ids, values), textbook(ids, values)
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    # The benchmark's other yardstick computes the same function.
+    torch.testing.assert_close(OneGatherFFM(model)(ids, values), want, atol=tol, rtol=tol)
     # Same gradients too: the textbook table f is column block f of the vectorised table.
     got.sum().backward()
     want.sum().backward()
@@ -362,3 +366,23 @@ def test_models_run_in_float32_with_float32_values() -> None:
     for name in MODEL_NAMES:
         out = build_model(name, fmap, **HYPER[name])(ids, values)
         assert out.shape == (5,) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["one_column_per_field", "multi_slot"])
+def test_ffm_cpu_kernel_equals_torch_ops(layout: str) -> None:
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: FFM runs on torch ops only")
+    assert ffm_kernel.available(), "the FFM C++ kernel did not build"
+    fmap = FeatureMap.synthetic(FIELD_SIZES) if layout == "one_column_per_field" else None
+    fmap = fmap or multi_slot_map()
+    model = randomised(build_model("ffm", fmap, embed_dim=3).double())
+    ids, values = random_batch(fmap, batch=24, seed=6)
+    values = values.clone().requires_grad_()
+    got, want = model.interaction(ids, values), model.interaction_torch(ids, values)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+    assert want.std() > 0.1
+    weights = torch.randn(24, dtype=torch.float64)
+    g_got = torch.autograd.grad((got * weights).sum(), [model.embedding.weight, values])
+    g_want = torch.autograd.grad((want * weights).sum(), [model.embedding.weight, values])
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)

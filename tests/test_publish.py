@@ -19,6 +19,7 @@ from featurize_cases import mini_config, mini_lines, write_lines
 from publish_cases import MARKER, publish_version, run_job, version_of
 
 from fm_spark.cli import main
+from fm_spark.config import parse_config
 from fm_spark.features.job import FeaturizeError, featurize
 from fm_spark.features.publish import (
     FAULT_ENV,
@@ -206,10 +207,13 @@ def test_output_dot_in_a_folder_holding_a_document_is_refused(tmp_path):
 
 def test_feature_job_killed_mid_publish_keeps_the_previous_dataset(spark, tmp_path):
     src = write_lines(tmp_path / "in.csv", mini_lines())
+    data = mini_config().model_dump(mode="json")
+    data["fields"] = [f for f in data["fields"] if f["name"] in ("cat", "cnt")]  # small and quick
+    config = parse_config(data, "mini")
     cfg = tmp_path / "mini.yaml"
-    cfg.write_text(yaml.safe_dump(mini_config().model_dump(mode="json")))
+    cfg.write_text(yaml.safe_dump(data))
     out = tmp_path / "out"
-    featurize(mini_config(), str(src), str(out), spark=spark)
+    featurize(config, str(src), str(out), spark=spark)
     first_map = (out / "feature_map.json").read_bytes()
 
     cmd = [sys.executable, "-m", "fm_spark", "featurize", "--config", str(cfg), "--input"]
@@ -221,7 +225,7 @@ def test_feature_job_killed_mid_publish_keeps_the_previous_dataset(spark, tmp_pa
     assert not (out / "_SUCCESS").exists()
 
     with pytest.raises(FeaturizeError, match="finished dataset; pass --overwrite"):
-        featurize(mini_config(), str(src), str(out), spark=spark)
+        featurize(config, str(src), str(out), spark=spark)
     assert (out / "_SUCCESS").exists() and (out / "feature_map.json").read_bytes() == first_map
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "mini.yaml", "out"]
 

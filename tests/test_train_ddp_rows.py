@@ -11,7 +11,7 @@ import torch
 from train_support import config
 
 from fm_spark.bench.row_ddp import DDPRun, run_workers
-from fm_spark.data.synthetic import write_planted_dataset
+from fm_spark.datagen import write_planted_dataset
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.models import build_model
 from fm_spark.train.run import train

@@ -20,6 +20,7 @@ SECTIONS: dict[str, str] = {
     "training": "fm_spark.bench.training",
     "quality": "fm_spark.bench.quality",
     "serving": "fm_spark.bench.serving",
+    "features": "fm_spark.bench.features",
 }
 
 

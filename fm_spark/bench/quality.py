@@ -22,6 +22,7 @@ at least 10x shorter than FMClassifier's.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -177,6 +178,7 @@ def run(device: str = "cpu", quick: bool = False) -> str:
             ref = _mllib(_mllib_frames(spark, data))
             ours = _ours(cfg, data, work, device)
             sections.append(_table(name, ours, ref, oracle))
+            print(sections[-1], file=sys.stderr, flush=True)  # partial results survive a crash
     finally:
         shutil.rmtree(work, ignore_errors=True)
     ml_note = (

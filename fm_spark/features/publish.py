@@ -507,6 +507,7 @@ def publishing(
     overwrite: bool = False,
     marker_files: Sequence[str] = (),
     job_id: str | None = None,
+    lease_stale_s: float | None = None,
 ) -> Iterator[Publisher]:
     """Yield a :class:`Publisher` whose ``staging`` folder the body fills; publish it when the
     body returns, drop it (and change nothing at ``output``) when the body raises.
@@ -516,7 +517,14 @@ def publishing(
     the body must write them. Raises :class:`OutputRefusedError` / :class:`OutputBusyError`
     before the body runs and :class:`PublishError` if the publish itself fails.
     """
-    pub = Publisher(spark, output, overwrite=overwrite, marker_files=marker_files, job_id=job_id)
+    pub = Publisher(
+        spark,
+        output,
+        overwrite=overwrite,
+        marker_files=marker_files,
+        job_id=job_id,
+        lease_stale_s=lease_stale_s,
+    )
     pub.begin()
     try:
         yield pub

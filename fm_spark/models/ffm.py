@@ -9,6 +9,7 @@ from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from fm_spark.features.feature_map import FeatureMap
+from fm_spark.models import ffm_kernel
 from fm_spark.models.layers import COMMON_HYPERPARAMETERS, CTRModel, FeaturesEmbedding, RowTable
 
 
@@ -57,6 +58,9 @@ class FieldAwareFactorizationMachine(CTRModel):
             sparse=self.sparse,
             init_std=self.init_std,
         )
+        # On the CPU the pair term runs in fm_spark.models.ffm_kernel when it is built; the
+        # torch ops below give the same values (tested) and serve GPUs.
+        self.use_kernel = True
         identity = torch.arange(self.num_fields)
         self._one_column_per_field = self.num_columns == self.num_fields and bool(
             torch.equal(self.column_fields, identity)
@@ -72,6 +76,13 @@ class FieldAwareFactorizationMachine(CTRModel):
         return v if self._one_column_per_field else v[:, :, self.column_fields]
 
     def interaction(self, ids: Tensor, x: Tensor) -> Tensor:
+        if ids.device.type == "cpu" and self.use_kernel and ffm_kernel.available():
+            rows = self.embedding(ids)  # [B, C, F*k]: the kernel picks v_{i, f(j)} itself
+            return ffm_kernel.pair_interaction(rows, x, self.column_fields, self.embed_dim)
+        return self.interaction_torch(ids, x)
+
+    def interaction_torch(self, ids: Tensor, x: Tensor) -> Tensor:
+        """The pair term in torch ops (GPU, and CPU without the C++ kernel)."""
         v = self.field_vectors(ids)
         dots = _PairDots.apply(v)  # [B, C, C], symmetric
         xx = x.unsqueeze(2) * x.unsqueeze(1)

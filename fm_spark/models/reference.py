@@ -62,3 +62,35 @@ class TextbookFFM(nn.Module):
                 pairs.append(xs[cf[j]][:, i] * xs[cf[i]][:, j])
         interaction = torch.stack(pairs, dim=1).sum(dim=(1, 2))
         return self.linear(ids, x) + interaction
+
+
+class OneGatherFFM(nn.Module):
+    """FFM as FuxiCTR's FFMv2 computes it: one table of width fields x k, and for the pair
+    ``(i, j)`` one gather of ``v_{i, f(j)}`` and one of ``v_{j, f(i)}`` over all pairs at once
+    (``[batch, pairs, k]`` each). A yardstick for the benchmark, with ``model``'s parameters."""
+
+    def __init__(self, model: FieldAwareFactorizationMachine) -> None:
+        super().__init__()
+        self.k, self.nf = model.embed_dim, model.num_fields
+        self.linear = FeaturesLinear(model.num_features, sparse=model.sparse)
+        self.embedding = nn.Embedding(
+            model.num_features, model.num_fields * model.embed_dim, sparse=model.sparse
+        )
+        weight = model.embedding.weight
+        self.to(device=weight.device, dtype=weight.dtype)
+        with torch.no_grad():
+            self.linear.weights.weight.copy_(model.linear.weights.weight)
+            self.linear.bias.copy_(model.linear.bias)
+            self.embedding.weight.copy_(model.embedding.weight)
+        cf = model.column_fields
+        rows, cols = torch.triu_indices(len(cf), len(cf), offset=1, device=cf.device)
+        self.register_buffer("left", rows * self.nf + cf[cols], persistent=False)
+        self.register_buffer("right", cols * self.nf + cf[rows], persistent=False)
+
+    def forward(self, ids: Tensor, values: Tensor | None = None) -> Tensor:
+        dtype = self.embedding.weight.dtype
+        x = torch.ones(ids.shape, dtype=dtype, device=ids.device) if values is None else values
+        b, c = ids.shape
+        v = (self.embedding(ids) * x.unsqueeze(-1)).view(b, c * self.nf, self.k)
+        pairs = (v.index_select(1, self.left) * v.index_select(1, self.right)).sum(dim=(1, 2))
+        return self.linear(ids, x.to(dtype)) + pairs

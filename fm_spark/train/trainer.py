@@ -12,6 +12,12 @@ that checkpoint and replays the interrupted epoch from its start: the row-group 
 shuffling buffer draw from a per-epoch seed, and every other RNG is restored, so a resumed
 single-worker run repeats the uninterrupted one.
 
+Tables built ``sparse`` (the default) are updated by :class:`~fm_spark.train.optim.RowOptimizer`
+on the rows each batch touched. Under DDP they stay out of the DDP wrapper, which handles the
+dense parameters only; their rows travel through
+:class:`~fm_spark.train.row_exchange.RowExchange`, and every rank builds the model from the same
+seed so the replicas start (and stay) identical.
+
 Callbacks (``WorkerJob.callbacks``) let a tracker follow a run without the trainer knowing
 it: picklable objects (they travel to the workers with the job) with either or both of
 
@@ -119,7 +125,7 @@ class Trainer:
         self.job, self.cfg, self.ctx, self.spec = job, cfg, ctx, cfg.train
         self.run_dir = Path(job.run_dir)
         self.fmap = FeatureMap.load(job.feature_map)
-        self.rss_at_start = _peak_rss()
+        self.rss_at_start = _rss()
         self.steps_run = 0
 
     # -- setup ------------------------------------------------------------------------------
@@ -344,11 +350,30 @@ def _ddp(model: nn.Module, ctx: WorkerContext) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
-def _peak_rss() -> int:
-    """This process's peak resident memory in bytes (Linux reports KiB)."""
-    import resource
+def _status_bytes(key: str) -> int:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process from /proc, in bytes; 0 elsewhere.
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Not ``getrusage``: Linux carries ``ru_maxrss`` across fork and exec, so a worker started
+    by a big driver would report the driver's peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _peak_rss() -> int:
+    """This process's peak resident memory in bytes."""
+    return _status_bytes("VmHWM")
+
+
+def _rss() -> int:
+    """This process's resident memory now, in bytes."""
+    return _status_bytes("VmRSS")
 
 
 def _memory(rss_at_start: int) -> dict[str, int]:

@@ -41,7 +41,7 @@ TRANSFORMS: dict[str, str] = {
 }
 
 MULTI_PARAMS = (
-    Param("separator", str, "splits a multi-valued string into tokens (required)"),
+    Param("separator", str, "splits a multi-valued string into tokens"),
     Param(
         "max_values",
         int,
