@@ -139,7 +139,9 @@ class FeatureEncoder:
             )
             _mark(reasons, malformed, MALFORMED_CSV)
             _mark(reasons, wrong, WRONG_COLUMN_COUNT)
-        batch = self._encode(frame, raws, reasons, positions, require_label, has_label=True)
+        cells = frame.to_numpy(dtype=object)
+        columns = {c: cells[:, j] for j, c in enumerate(frame.columns)}
+        batch = self._encode(columns, raws, reasons, positions, require_label, has_label=True)
         everything = np.full(n_input, HEADER, dtype=object)
         everything[positions] = batch.reasons
         batch.reasons = everything
@@ -156,52 +158,57 @@ class FeatureEncoder:
         absent = sorted(needed - set(records.columns))
         if absent:
             raise KeyError(f"encode_records: missing source columns {absent}")
-        frame = pd.DataFrame(
-            {c: _as_strings(records[c]) for c in self.columns if c in records.columns}
-        )
-        raws = _LazyRecords(frame)
-        reasons = np.full(len(frame), None, dtype=object)
-        bad_text = np.zeros(len(frame), dtype=bool)
-        for c in frame.columns:
-            bad_text |= frame[c].str.contains(REPLACEMENT_CHAR, regex=False, na=False).to_numpy()
-        reasons[bad_text] = UNDECODABLE
-        positions = np.arange(len(frame), dtype=np.int64)
+        names = [c for c in self.columns if c in records.columns]
+        cells = _string_cells(records, names)
+        reasons = np.full(len(cells), None, dtype=object)
+        reasons[_undecodable(cells)] = UNDECODABLE
+        positions = np.arange(len(cells), dtype=np.int64)
         require = has_label if require_label is None else require_label and has_label
-        return self._encode(frame, raws, reasons, positions, require, has_label=has_label)
+        columns = {c: cells[:, j] for j, c in enumerate(names)}
+        raws = _LazyRecords(names, cells)
+        return self._encode(columns, raws, reasons, positions, require, has_label=has_label)
 
     # -- the shared path ------------------------------------------------------------------
     def _encode(
         self,
-        frame: pd.DataFrame,
+        columns: dict[str, np.ndarray],
         raws: Sequence[str],
         reasons: np.ndarray,
         positions: np.ndarray,
         require_label: bool,
         has_label: bool,
     ) -> EncodedBatch:
+        """Quarantine, then encode field by field. ``columns``: the raw strings of each source
+        column (object arrays, None = missing), whole-batch numpy so that a batch of one row
+        costs little more than its fields."""
         labels = None
         if has_label:
-            labels = self._labels(frame[self._label.column])
-            missing = frame[self._label.column].isna().to_numpy()
-            bad = np.isnan(labels) & (~missing | require_label)
+            label_col = columns[self._label.column]
+            labels = self._labels(label_col)
+            bad = np.isnan(labels) & (~pd.isna(label_col) | require_label)
             _mark(reasons, bad, BAD_LABEL)
-        numeric = [f for f in self.feature_map.fields if f.kind == "numeric"]
+        fields = self.feature_map.fields
+        raw = {f.name: _field_raw(columns[f.source], f.transform) for f in fields}
         parsed: dict[str, Numbers] = {}
         for dtype, reason in (("int", BAD_INT), ("float", BAD_FLOAT)):
-            for f in (f for f in numeric if f.dtype == dtype):
-                raw = transformed(frame[f.source], f.transform)
-                parsed[f.name], bad = parse_numbers(raw, dtype)
+            for f in (f for f in fields if f.kind == "numeric" and f.dtype == dtype):
+                parsed[f.name], bad = parse_numbers(raw[f.name], dtype)
                 _mark(reasons, bad, reason)
         good = pd.isna(reasons)
-        quarantined = [(raws[i], reasons[i]) for i in np.flatnonzero(~good)]
-        frame = frame.loc[good].reset_index(drop=True)
-        parsed = {k: v[good] for k, v in parsed.items()}
-        ids = np.zeros((len(frame), self.num_columns), dtype=np.int64)
-        values = np.ones((len(frame), self.num_columns), dtype=np.float32)
+        quarantined = []
+        if not good.all():
+            quarantined = [(raws[i], reasons[i]) for i in np.flatnonzero(~good)]
+            raw = {k: v[good] for k, v in raw.items()}
+            parsed = {k: v[good] for k, v in parsed.items()}
+            if labels is not None:
+                labels = labels[good]
+            positions = positions[good]
+        n = len(positions)
+        ids = np.zeros((n, self.num_columns), dtype=np.int64)
+        values = np.ones((n, self.num_columns), dtype=np.float32)
         col = 0
-        for f, enc in zip(self.feature_map.fields, self.encodings, strict=True):
-            inp = FieldInput(transformed(frame[f.source], f.transform), parsed.get(f.name))
-            local, vals = enc.encode(inp)
+        for f, enc in zip(fields, self.encodings, strict=True):
+            local, vals = enc.encode(FieldInput(raw[f.name], parsed.get(f.name)))
             width = local.shape[1]
             ids[:, col : col + width] = local + f.offset
             if vals is not None:
@@ -210,16 +217,17 @@ class FeatureEncoder:
         return EncodedBatch(
             ids=ids,
             values=values,
-            labels=labels[good] if labels is not None else None,
+            labels=labels,
             quarantined=quarantined,
-            index=positions[good],
+            index=positions,
             reasons=reasons,
         )
 
-    def _labels(self, col: pd.Series) -> np.ndarray:
+    def _labels(self, col: np.ndarray) -> np.ndarray:
         mapping = {**dict.fromkeys(self._label.negative, 0.0)}
         mapping.update(dict.fromkeys(self._label.positive, 1.0))
-        return col.map(mapping).to_numpy(dtype=np.float32, na_value=np.nan)
+        labels = pd.Series(col, dtype=object).map(mapping)
+        return labels.to_numpy(dtype=np.float32, na_value=np.nan)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,6 +360,35 @@ def java_double_string(x: float) -> str:
     return sign + text
 
 
+def _field_raw(col: np.ndarray, transform: str) -> np.ndarray:
+    """A field's (transformed) raw strings as an object array (None = missing)."""
+    if transform == "none":
+        return col
+    return transformed(pd.Series(col, dtype=object), transform).to_numpy(dtype=object)
+
+
+def _string_cells(records: pd.DataFrame, names: list[str]) -> np.ndarray:
+    """The frame's ``names`` columns as one object array ``[n, len(names)]`` of strings,
+    None for missing (None, NaN, NA, ""), converted all at once; only a column holding
+    non-strings goes through pandas' string conversion (:func:`_as_strings`)."""
+    where = records.columns.get_indexer(names)
+    cells = records.to_numpy(dtype=object)[:, where]
+    for j, c in enumerate(where):
+        if pd.api.types.infer_dtype(cells[:, j], skipna=True) not in ("string", "empty"):
+            cells[:, j] = _as_strings(records.iloc[:, c]).to_numpy(dtype=object)
+    cells[pd.isna(cells) | (cells == "")] = None
+    return cells
+
+
+def _undecodable(cells: np.ndarray) -> np.ndarray:
+    """Rows with a cell holding U+FFFD (text that was not valid UTF-8), all cells at once."""
+    if cells.size == 0:
+        return np.zeros(len(cells), dtype=bool)
+    flat = pd.Series(cells.ravel(), dtype=object)
+    hit = flat.str.contains(REPLACEMENT_CHAR, regex=False, na=False).to_numpy(dtype=bool)
+    return hit.reshape(cells.shape).any(axis=1)
+
+
 def _as_strings(col: pd.Series) -> pd.Series:
     """Raw source values as object strings, None for missing (None, NaN, NA, "").
 
@@ -367,12 +404,13 @@ def _as_strings(col: pd.Series) -> pd.Series:
 class _LazyRecords(Sequence[str]):
     """The raw text of a record (its JSON object), built only for the rows quarantined."""
 
-    def __init__(self, frame: pd.DataFrame) -> None:
-        self.frame = frame
+    def __init__(self, names: list[str], cells: np.ndarray) -> None:
+        self.names = names
+        self.cells = cells
 
     def __len__(self) -> int:
-        return len(self.frame)
+        return len(self.cells)
 
     def __getitem__(self, i):  # type: ignore[override]
-        row = self.frame.iloc[i]
-        return json.dumps({k: v for k, v in row.items() if v is not None}, ensure_ascii=False)
+        row = zip(self.names, self.cells[i], strict=True)
+        return json.dumps({k: v for k, v in row if v is not None}, ensure_ascii=False)

@@ -95,7 +95,9 @@ class Scorer:
         if LINE_COLUMN in frame.columns and LINE_COLUMN not in self.encoder.columns:
             lines = [v if isinstance(v, str | bytes) else "" for v in frame[LINE_COLUMN]]
             return self.encoder.encode_lines(lines, require_label=False)
-        records = frame.drop(columns=[self.label_column], errors="ignore")
+        records = frame
+        if self.label_column in frame.columns:
+            records = frame.drop(columns=[self.label_column])
         return self.encoder.encode_records(records, require_label=False)
 
     @staticmethod
@@ -104,7 +106,7 @@ class Scorer:
         return np.asarray(batch.reasons, dtype=object)
 
     # -- scoring ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def logits(self, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
         if len(ids) == 0:
             return np.zeros(0, dtype=np.float32)

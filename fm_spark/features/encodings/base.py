@@ -96,9 +96,11 @@ class FitContext:
 @dataclass
 class FieldInput:
     """What a numpy ``encode`` reads: the (transformed) raw strings of the field's source
-    (object, None = missing) and, for numeric fields, their parsed numbers."""
+    (an object array, None = missing; a Series works too) and, for numeric fields, their
+    parsed numbers. The serving encoder hands over plain arrays: pandas per field would cost
+    more than the encoding itself on a one-row request."""
 
-    raw: pd.Series
+    raw: np.ndarray | pd.Series
     num: Numbers | None = None
 
 

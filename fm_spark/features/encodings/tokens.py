@@ -75,7 +75,7 @@ class TokenEncoding(Encoding):
     # -- numpy -------------------------------------------------------------------------------
     def np_tokens(self, inp: FieldInput) -> np.ndarray:
         """A single-valued row's token, as an object array (None: missing)."""
-        return inp.raw.to_numpy(dtype=object)
+        return np.asarray(inp.raw, dtype=object)
 
     def np_index(self, tokens: np.ndarray) -> np.ndarray:
         """Local ids of a token array (None -> 0)."""
