@@ -184,3 +184,27 @@ def test_a_trial_worse_than_the_median_is_stopped_and_marked(tmp_path):
     PruneOnEpoch(storage, "s", good._trial_id, "auc", pruner, str(tmp_path / "x")).on_epoch_end(
         1, {"epoch": 1, "valid": {"auc": 0.9}}
     )
+
+
+def test_a_trial_left_running_by_a_killed_tuner_is_tried_again(planted, store, tmp_path):  # noqa: F811
+    import optuna
+    from optuna.trial import TrialState
+
+    from fm_spark.tune import study_storage
+
+    data, _ = planted
+    ranges = tmp_path / "tune.yaml"
+    ranges.write_text(yaml.safe_dump(RANGES), encoding="utf-8")
+    cfg = config(epochs=1).model_copy(update={"name": "planted-killed"})
+    storage = study_storage(store, tmp_path)
+    study = optuna.create_study(
+        study_name="planted-killed-fm", storage=storage, direction="maximize"
+    )
+    left = study.ask()  # what a killed tuner leaves: a RUNNING trial with its parameters
+    left.suggest_float("lr", 0.005, 0.05, log=True)
+    left.suggest_categorical("batch_size", [768, 1024])
+    result = tune(cfg, str(data), "fm", load_ranges(ranges), trials=1, output=tmp_path / "out")
+    trials = optuna.load_study(study_name="planted-killed-fm", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert trials[1].params["lr"] == left.params["lr"]
+    assert result["trials"] == {"complete": 1, "pruned": 0, "fail": 1}

@@ -94,14 +94,22 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _requeue_interrupted(study: Any) -> None:
+    """Trials a killed tuner left RUNNING: FAIL in the study (their MLflow runs KILLED), and
+    their parameters queued, so the resumed study tries them again."""
     from optuna.trial import TrialState
+
+    from fm_spark.tracking import client
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning(
             "trial %d was interrupted: marked failed, its parameters queued again", t.number
         )
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=True)
+        if t.params:
+            study.enqueue_trial(t.params)
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id:
+            client().set_terminated(run_id, status="KILLED")
 
 
 def tune(
