@@ -208,3 +208,22 @@ def test_a_trial_left_running_by_a_killed_tuner_is_tried_again(planted, store, t
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert trials[1].params["lr"] == left.params["lr"]
     assert result["trials"] == {"complete": 1, "pruned": 0, "fail": 1}
+
+
+def test_a_params_file_takes_dotted_keys_and_sections(tmp_path):
+    from fm_spark.config import load_config, load_params
+
+    cfg_path = write_config(tmp_path / "planted.yaml")
+    mixed = tmp_path / "p.yaml"
+    mixed.write_text("train.lr: 0.02\nmodels:\n  fm: {embed_dim: 12}\n", encoding="utf-8")
+    cfg = load_config(cfg_path, ["train.lr=0.03"], load_params(mixed))
+    assert cfg.train.lr == 0.03 and cfg.models["fm"]["embed_dim"] == 12
+    assert cfg.models["ffm"]["embed_dim"] == 4  # sections merge, they do not replace
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_params(bad)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("train: {learning_rate: 0.1}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(cfg_path, [], load_params(unknown))
