@@ -35,9 +35,14 @@ _config_option = click.option(
 )
 
 
-def _load(config_path: str, overrides: tuple[str, ...]) -> DatasetConfig:
+def _load(
+    config_path: str, overrides: tuple[str, ...], params_path: str | None = None
+) -> DatasetConfig:
+    from fm_spark.config import load_params
+
     try:
-        return load_config(config_path, list(overrides))
+        params = load_params(params_path) if params_path else None
+        return load_config(config_path, list(overrides), params)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -129,6 +134,13 @@ def featurize(
 )
 @click.option("--resume", is_flag=True, help="Continue from the run directory's last checkpoint.")
 @click.option("--register", default=None, metavar="NAME", help="Register as NAME@challenger.")
+@click.option(
+    "--params",
+    "params_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="YAML of config overrides (e.g. tune's best_params.yaml), applied before --set.",
+)
 @_tracking_option
 @_set_option
 def train(
@@ -140,6 +152,7 @@ def train(
     device: str | None,
     resume: bool,
     register: str | None,
+    params_path: str | None,
     tracking_uri: str | None,
     overrides: tuple[str, ...],
 ) -> None:
@@ -149,7 +162,7 @@ def train(
 
     extra = [f"train.workers={workers}"] if workers else []
     extra += [f"train.device={device}"] if device else []
-    cfg = _load(config_path, (*overrides, *extra))
+    cfg = _load(config_path, (*overrides, *extra), params_path)
     run_dir = Path(output) if output else Path("runs") / cfg.name / model
     try:
         metrics = train_tracked(cfg, data_dir, model, run_dir, resume, tracking_uri, register)
@@ -157,6 +170,48 @@ def train(
         click.echo(f"train failed: {exc}", err=True)
         sys.exit(2)
     _emit(metrics)
+
+
+@main.command()
+@_config_option
+@click.option("--data", "data_dir", required=True, help="Output directory of `featurize`.")
+@click.option("--model", required=True, type=click.Choice(["lr", "poly2", "fm", "ffm", "fwfm"]))
+@click.option("--trials", type=click.IntRange(min=1), required=True, help="Trials in the study.")
+@click.option("--timeout", type=click.FloatRange(min=0), default=None, help="Seconds, at most.")
+@click.option("--ranges", default=None, help="Search ranges YAML [default: conf/tune.yaml].")
+@click.option(
+    "--output", default=None, help="Trial folders [default: runs/<dataset>/tune-<model>]."
+)
+@_tracking_option
+@_set_option
+def tune(
+    config_path: str,
+    data_dir: str,
+    model: str,
+    trials: int,
+    timeout: float | None,
+    ranges: str | None,
+    output: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+) -> None:
+    """Search lr, L2, embed_dim and batch size with Optuna; write the best as a --params file."""
+    from fm_spark.train.errors import TrainError
+    from fm_spark.tune import load_ranges
+    from fm_spark.tune import tune as run
+
+    cfg = _load(config_path, overrides)
+    try:
+        spec = load_ranges(ranges)
+        spec.space(model)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    out = Path(output) if output else Path("runs") / cfg.name / f"tune-{model}"
+    try:
+        _emit(run(cfg, data_dir, model, spec, trials, out, timeout, tracking_uri))
+    except TrainError as exc:
+        click.echo(f"tune failed: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command()

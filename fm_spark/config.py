@@ -355,8 +355,41 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> DatasetConfi
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DatasetConfig:
-    """Read, override and validate a dataset config. Errors are :class:`ConfigError`."""
+def load_params(path: str | Path) -> dict[str, Any]:
+    """A ``--params`` file (e.g. ``fm-spark tune``'s ``best_params.yaml``): nested sections
+    and/or dotted keys, flattened to ``{"train.lr": 0.01, ...}``."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"params file {path}: expected a mapping of config keys")
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and value:
+                walk(value, f"{dotted}.")
+            else:
+                flat[dotted] = value
+
+    walk(data, "")
+    return flat
+
+
+def load_config(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    params: dict[str, Any] | None = None,
+) -> DatasetConfig:
+    """Read, override and validate a dataset config. Errors are :class:`ConfigError`.
+
+    ``params`` (dotted keys, :func:`load_params`) apply before ``overrides``, so ``--set``
+    wins over ``--params``."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -366,6 +399,8 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"invalid config {path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {path}: expected a mapping at the top level")
+    for key, value in (params or {}).items():
+        _set_dotted(data, key, value)
     apply_overrides(data, overrides)
     return parse_config(data, str(path))
 

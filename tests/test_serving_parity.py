@@ -187,3 +187,32 @@ def test_batch_score_equals_the_pyfunc(champion, holdout, ctr_data, tmp_path, sp
     np.testing.assert_allclose(merged["probability"], merged["expected"], atol=ATOL)
     refused = CliRunner().invoke(main, [*args])
     assert refused.exit_code == 2  # an existing output is not replaced without --overwrite
+
+
+@pytest.mark.slow
+def test_spark_submit_score_gives_the_pyfunc_probabilities(champion, holdout, ctr_data, tmp_path):
+    """``spark-submit jobs/score.py`` as a scheduler runs it: its own JVM, the registry by URI."""
+    import mlflow.pyfunc
+
+    root = Path(__file__).resolve().parents[1]
+    columns = ctr_data.config().input.columns
+    rows = holdout.head(300)
+    raw = tmp_path / "day.tsv"
+    cells = rows[columns].astype(object).where(rows[columns].notna(), "")
+    raw.write_text("".join("\t".join(row) + "\n" for row in cells.values.tolist()))
+    out = tmp_path / "scored"
+    submit = Path(sys.executable).parent / "spark-submit"
+    cmd = [str(submit), "--master", "local[1]", str(root / "jobs" / "score.py")]
+    cmd += ["--model", champion, "--input", str(raw), "--output", str(out)]
+    cmd += [x for c in columns for x in ("--keep", c)]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert (out / "_SUCCESS").exists()
+    scored = pd.read_parquet(out / "scores").fillna({c: "" for c in columns})
+    expected = rows[columns].copy()
+    expected["expected"] = mlflow.pyfunc.load_model(champion).predict(rows)["probability"]
+    merged = scored.merge(
+        expected.fillna({c: "" for c in columns}).drop_duplicates(columns), on=columns, how="left"
+    )
+    assert len(merged) == len(rows) and merged["expected"].notna().all()
+    np.testing.assert_allclose(merged["probability"], merged["expected"], atol=ATOL)

@@ -207,6 +207,17 @@ def test_cli_reports_refusal_and_exit_code(planted, tmp_path: Path) -> None:
     assert "train failed:" in result.output and "_SUCCESS" in result.output
 
 
+def test_register_without_a_raw_format_is_one_clear_line(planted, tmp_path: Path) -> None:
+    """A planted dataset has no raw log format, so no raw-row model can be registered."""
+    cfg = write_config(tmp_path / "c.yaml", epochs=1)
+    args = ["train", "--config", str(cfg), "--data", str(planted[0]), "--model", "lr"]
+    args += ["--output", str(tmp_path / "run"), "--register", "planted-lr"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    assert "cannot register 'planted-lr'" in result.output
+    assert "Traceback" not in result.output
+
+
 # -- on the feature job's own output ---------------------------------------------------------
 
 

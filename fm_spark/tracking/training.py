@@ -269,7 +269,12 @@ def log_training_results(
             )
         except ValueError as exc:  # e.g. a synthetic feature map: no raw format to parse
             if register:
-                raise ValueError(f"cannot register {register!r}: {exc}") from None
+                from fm_spark.train.errors import TrainError
+
+                raise TrainError(
+                    f"trained, but cannot register {register!r} (the run is tracked without "
+                    f"a model): {exc}"
+                ) from None
             log.warning("no pyfunc logged (weights only): %s", exc)
             mlflow.log_artifact(str(run_dir / "model.pt"))
             return {"model_uri": None}
