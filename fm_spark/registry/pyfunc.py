@@ -6,7 +6,10 @@ Artifacts (see :mod:`.scorer`): the feature job's ``feature_map.json``, ``vocab/
 column of raw log lines) and returns ``probability`` and ``reason`` per row.
 
 Nothing here imports pyspark: a serving process (``mlflow models serve``, a notebook, a
-batch job's executor) needs only the package's serving side.
+batch job's executor) needs only the package's serving side. MLflow itself does
+``try: import pyspark`` (``mlflow.types.schema``) wherever pyspark is installed, so in this
+project's venv importing this module loads pyspark through MLflow; a serving image without
+pyspark loads and predicts all the same (``tests/test_registry_pyfunc.py`` blocks pyspark).
 """
 
 from __future__ import annotations
