@@ -355,18 +355,25 @@ def parse_config(data: dict[str, Any], source: str = "<config>") -> DatasetConfi
         raise ConfigError(_format_errors(source, exc)) from None
 
 
-def load_params(path: str | Path) -> dict[str, Any]:
-    """A ``--params`` file (e.g. ``fm-spark tune``'s ``best_params.yaml``): nested sections
-    and/or dotted keys, flattened to ``{"train.lr": 0.01, ...}``."""
+def read_yaml_mapping(path: str | Path, what: str, hint: str = "") -> dict[str, Any]:
+    """One reader for every YAML file a command takes (config, params, tune ranges), so each
+    fails the same way: one :class:`ConfigError` line naming the file and the problem."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"params file {path} does not exist")
+        raise ConfigError(f"{what} file {path} does not exist{hint}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"params file {path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"invalid {what} {path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"params file {path}: expected a mapping of config keys")
+        raise ConfigError(f"invalid {what} {path}: expected a mapping at the top level")
+    return data
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    """A ``--params`` file (e.g. ``fm-spark tune``'s ``best_params.yaml``): nested sections
+    and/or dotted keys, flattened to ``{"train.lr": 0.01, ...}``."""
+    data = read_yaml_mapping(path, "params")
     flat: dict[str, Any] = {}
 
     def walk(node: dict[str, Any], prefix: str) -> None:
@@ -390,15 +397,7 @@ def load_config(
 
     ``params`` (dotted keys, :func:`load_params`) apply before ``overrides``, so ``--set``
     wins over ``--params``."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid config {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid config {path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "config")
     for key, value in (params or {}).items():
         _set_dotted(data, key, value)
     apply_overrides(data, overrides)

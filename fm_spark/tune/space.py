@@ -12,10 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-from fm_spark.config import ConfigError
+from fm_spark.config import ConfigError, read_yaml_mapping
 
 __all__ = ["DEFAULT_RANGES", "ModelSpace", "TuneSpec", "config_keys", "load_ranges"]
 
@@ -100,14 +99,7 @@ class TuneSpec(_Strict):
 def load_ranges(path: str | Path | None = None) -> TuneSpec:
     """Read and validate a range file; every problem is one :class:`ConfigError`."""
     path = Path(path) if path else DEFAULT_RANGES
-    if not path.exists():
-        raise ConfigError(f"tune ranges file {path} does not exist (pass --ranges)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid tune ranges {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"invalid tune ranges {path}: expected a mapping at the top level")
+    data = read_yaml_mapping(path, "tune ranges", hint=" (pass --ranges)")
     try:
         return TuneSpec.model_validate(data)
     except ValidationError as exc:
