@@ -77,11 +77,12 @@ def _worker(rank: int, world: int, port: int, run: DDPRun, out_dir: str) -> None
     spec = TrainSpec(**run.spec)
     exchange = None
     net: torch.nn.Module = model
+    ctx = WorkerContext(rank=rank, world_size=world)
     if world > 1:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         dist.init_process_group("gloo", rank=rank, world_size=world)
         exchange = RowExchange(world)
-        net = _ddp(model, WorkerContext(rank=rank, world_size=world))
+        net = _ddp(model, ctx)
     step = StepFn(net, model, make_optimizers(model, spec, exchange=exchange), torch.device("cpu"))
     share = run.batch // world
     part = slice(rank * share, (rank + 1) * share)
@@ -105,9 +106,10 @@ def _worker(rank: int, world: int, port: int, run: DDPRun, out_dir: str) -> None
         "state": model.state_dict(),
     }
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+    # Drop the DDP wrapper before leaving the group (see WorkerContext.close): left to
+    # interpreter shutdown, it intermittently aborts the worker after the run succeeded.
+    del step, net, exchange
+    ctx.close()
 
 
 def _free_port() -> int:
