@@ -243,18 +243,32 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
     dispatch_k(k, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
       at::parallel_for(0, slots, 1, [&](int64_t s_lo, int64_t s_hi) {
+        // One sample's rows and their gradient in a local block (C * F * k values, in L1):
+        // the pair loops' strided accesses stay in cache, and the rows are read and their
+        // gradient added row by row, in the order the prefetcher follows.
+        std::vector<scalar_t> rows_in(C * W), grad_out(C * W);
         std::vector<const scalar_t*> p(C);
         std::vector<scalar_t*> d(C);
+        for (int64_t i = 0; i < C; ++i) {
+          p[i] = rows_in.data() + i * W;
+          d[i] = grad_out.data() + i * W;
+        }
         for (int64_t s = s_lo; s < s_hi; ++s) {
           scalar_t* D = s == 0 ? D0 : DS + (s - 1) * R * W;
           std::fill(D, D + R * W, scalar_t(0));
           for (int64_t b = s * B / slots; b < (s + 1) * B / slots; ++b) {
+            const int64_t* Ib = I + b * C;
             for (int64_t i = 0; i < C; ++i) {
-              p[i] = Rw + I[b * C + i] * W;
-              d[i] = D + I[b * C + i] * W;
+              std::copy(Rw + Ib[i] * W, Rw + (Ib[i] + 1) * W, rows_in.data() + i * W);
             }
+            std::fill(grad_out.begin(), grad_out.end(), scalar_t(0));
             sample_backward<scalar_t, K>(p.data(), d.data(), X + b * C, G[b], f, C, k,
                                          DX ? DX + b * C : nullptr);
+            for (int64_t i = 0; i < C; ++i) {
+              scalar_t* dst = D + Ib[i] * W;
+              const scalar_t* src = grad_out.data() + i * W;
+              for (int64_t t = 0; t < W; ++t) dst[t] += src[t];
+            }
           }
         }
       });
