@@ -205,9 +205,15 @@ torch::Tensor ffm_rows_forward(torch::Tensor rows, torch::Tensor index, torch::T
     dispatch_k(k, [&](auto kc) {
       constexpr int K = decltype(kc)::value;
       at::parallel_for(0, B, 16, [&](int64_t lo, int64_t hi) {
+        // The sample's rows copied into a local block first, as in the backward pass.
+        std::vector<scalar_t> rows_in(C * W);
         std::vector<const scalar_t*> p(C);
+        for (int64_t i = 0; i < C; ++i) p[i] = rows_in.data() + i * W;
         for (int64_t b = lo; b < hi; ++b) {
-          for (int64_t i = 0; i < C; ++i) p[i] = Rw + I[b * C + i] * W;
+          const int64_t* Ib = I + b * C;
+          for (int64_t i = 0; i < C; ++i) {
+            std::copy(Rw + Ib[i] * W, Rw + (Ib[i] + 1) * W, rows_in.data() + i * W);
+          }
           O[b] = sample_forward<scalar_t, K>(p.data(), X + b * C, f, C, k);
         }
       });
