@@ -72,8 +72,8 @@ inline T sample_forward(const T* const* p, const T* x, const int64_t* f, int64_t
   return total;
 }
 
-// Adds one sample's gradient (output weighted by g) to the rows d[i] (which may repeat: a row
-// used by two columns gets both contributions) and, if dx, to dx[0..C).
+// Adds one sample's gradient (output weighted by g) to the rows d[i] and, if dx, to
+// dx[0..C). The d[i] are distinct blocks that overlap neither each other nor any p[i].
 template <typename T, int K>
 inline void sample_backward(const T* const* p, T* const* d, const T* x, T g, const int64_t* f,
                             int64_t C, int64_t kk, T* dx) {
@@ -96,15 +96,11 @@ inline void sample_backward(const T* const* p, T* const* d, const T* x, T g, con
       }
       const T w = g * xi * xj;
       if (w == 0) continue;
-      T* da = di + fj;
-      T* dc = d[j] + fi;
+      T* __restrict da = di + fj;
+      T* __restrict dc = d[j] + fi;
       if constexpr (K > 0) {
-        // Read both slices before writing either (they can be the same row's memory), so
-        // the compiler can keep them in registers and vectorise.
-        T av[K], cv[K];
-        for (int t = 0; t < K; ++t) { av[t] = a[t]; cv[t] = c[t]; }
-        for (int t = 0; t < K; ++t) da[t] += w * cv[t];
-        for (int t = 0; t < K; ++t) dc[t] += w * av[t];
+        for (int t = 0; t < K; ++t) da[t] += w * c[t];
+        for (int t = 0; t < K; ++t) dc[t] += w * a[t];
       } else {
         for (int64_t t = 0; t < k; ++t) {
           const T at = a[t], ct = c[t];
@@ -112,6 +108,21 @@ inline void sample_backward(const T* const* p, T* const* d, const T* x, T g, con
           dc[t] += w * at;
         }
       }
+    }
+  }
+}
+
+// Asks for the next sample's rows and gradient rows while this one is computed: they lie
+// anywhere in arrays far larger than the cache, and waiting for them dominated the loop.
+template <typename T>
+inline void prefetch_rows(const T* rows, T* grad, const int64_t* index, int64_t C, int64_t W) {
+  constexpr int64_t line = 64 / sizeof(T);
+  for (int64_t i = 0; i < C; ++i) {
+    const T* r = rows + index[i] * W;
+    T* g = grad + index[i] * W;
+    for (int64_t t = 0; t < W; t += line) {
+      __builtin_prefetch(r + t, 0);
+      __builtin_prefetch(g + t, 1);
     }
   }
 }
@@ -262,8 +273,10 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
         for (int64_t s = s_lo; s < s_hi; ++s) {
           scalar_t* D = s == 0 ? D0 : DS + (s - 1) * R * W;
           std::fill(D, D + R * W, scalar_t(0));
-          for (int64_t b = s * B / slots; b < (s + 1) * B / slots; ++b) {
+          const int64_t b_end = (s + 1) * B / slots;
+          for (int64_t b = s * B / slots; b < b_end; ++b) {
             const int64_t* Ib = I + b * C;
+            if (b + 1 < b_end) prefetch_rows(Rw, D, Ib + C, C, W);
             for (int64_t i = 0; i < C; ++i) {
               std::copy(Rw + Ib[i] * W, Rw + (Ib[i] + 1) * W, rows_in.data() + i * W);
             }
