@@ -119,10 +119,10 @@ inline void prefetch_rows(const T* rows, T* grad, const int64_t* index, int64_t 
   constexpr int64_t line = 64 / sizeof(T);
   for (int64_t i = 0; i < C; ++i) {
     const T* r = rows + index[i] * W;
-    T* g = grad + index[i] * W;
+    T* g = grad != nullptr ? grad + index[i] * W : nullptr;
     for (int64_t t = 0; t < W; t += line) {
       __builtin_prefetch(r + t, 0);
-      __builtin_prefetch(g + t, 1);
+      if (grad != nullptr) __builtin_prefetch(g + t, 1);
     }
   }
 }
@@ -222,6 +222,7 @@ torch::Tensor ffm_rows_forward(torch::Tensor rows, torch::Tensor index, torch::T
         for (int64_t i = 0; i < C; ++i) p[i] = rows_in.data() + i * W;
         for (int64_t b = lo; b < hi; ++b) {
           const int64_t* Ib = I + b * C;
+          if (b + 1 < hi) prefetch_rows<scalar_t>(Rw, nullptr, Ib + C, C, W);
           for (int64_t i = 0; i < C; ++i) {
             std::copy(Rw + Ib[i] * W, Rw + (Ib[i] + 1) * W, rows_in.data() + i * W);
           }
