@@ -29,6 +29,8 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <cmath>
+#include <initializer_list>
+#include <vector>
 
 namespace {
 
@@ -44,12 +46,25 @@ void check(const torch::Tensor& weight, const torch::Tensor& ids, const torch::T
               std::get<1>(mm).item<int64_t>() < weight.size(0), "row kernel: id out of range");
 }
 
-// Calls fn(row, u) for every u with row = ids[u], rows split between threads.
-template <typename Fn>
-void for_rows(const torch::Tensor& ids, Fn&& fn) {
+// Calls fn(row, u) for every u with row = ids[u], rows split between threads. The rows lie
+// anywhere in tables far larger than the cache, so those of a few ids ahead are requested
+// (in each of the `tables` [rows, dim] arrays) while the current one is updated.
+template <typename T, typename Fn>
+void for_rows(const torch::Tensor& ids, int64_t dim, std::initializer_list<T*> tables,
+              Fn&& fn) {
   const int64_t* I = ids.data_ptr<int64_t>();
+  const std::vector<T*> bases(tables);
+  constexpr int64_t ahead = 4, line = 64 / sizeof(T);
   at::parallel_for(0, ids.size(0), 256, [&](int64_t lo, int64_t hi) {
-    for (int64_t u = lo; u < hi; ++u) fn(I[u], u);
+    for (int64_t u = lo; u < hi; ++u) {
+      if (u + ahead < hi) {
+        for (T* base : bases) {
+          T* row = base + I[u + ahead] * dim;
+          for (int64_t t = 0; t < dim; t += line) __builtin_prefetch(row + t, 1);
+        }
+      }
+      fn(I[u], u);
+    }
   });
 }
 
@@ -68,7 +83,7 @@ void adam_rows(torch::Tensor weight, torch::Tensor exp_avg, torch::Tensor exp_av
     T* V = exp_avg_sq.data_ptr<T>();
     const T* G = grads.data_ptr<T>();
     const T c1 = T(1 - beta1), c2 = T(1 - beta2), e = T(eps), ss = T(-step_size);
-    for_rows(ids, [&](int64_t r, int64_t u) {
+    for_rows<T>(ids, D, {W, M, V}, [&](int64_t r, int64_t u) {
       T* w = W + r * D;
       T* m = M + r * D;
       T* v = V + r * D;
@@ -96,7 +111,7 @@ void adagrad_rows(torch::Tensor weight, torch::Tensor sum, torch::Tensor ids,
     T* S = sum.data_ptr<T>();
     const T* G = grads.data_ptr<T>();
     const T e = T(eps), step = T(-lr);
-    for_rows(ids, [&](int64_t r, int64_t u) {
+    for_rows<T>(ids, D, {W, S}, [&](int64_t r, int64_t u) {
       T* w = W + r * D;
       T* s = S + r * D;
       const T* g = G + u * D;
@@ -121,7 +136,7 @@ void ftrl_rows(torch::Tensor weight, torch::Tensor z, torch::Tensor n, torch::Te
     T* N = n.data_ptr<T>();
     const T* G = grads.data_ptr<T>();
     const T a = T(alpha), b = T(beta), L1 = T(l1), L2 = T(l2);
-    for_rows(ids, [&](int64_t r, int64_t u) {
+    for_rows<T>(ids, D, {W, Z, N}, [&](int64_t r, int64_t u) {
       T* w = W + r * D;
       T* zr = Z + r * D;
       T* nr = N + r * D;
