@@ -216,3 +216,22 @@ def test_row_kernel_matches_its_torch_ops(optimizer: str, monkeypatch: pytest.Mo
             for key in s1:
                 torch.testing.assert_close(s1[key], s2[key], rtol=1e-12, atol=1e-14, msg=key)
         assert float((kernel.embedding.weight - model(name).embedding.weight).abs().max()) > 1e-3
+
+
+def test_tables_share_one_unique_per_batch() -> None:
+    """The linear and factor tables look up the same ids: one sort, the same (ids, inverse);
+    a new tensor, or the same one changed in place, is deduplicated again."""
+    net = model("ffm")
+    make_optimizers(net, TrainSpec())
+    ids = batches(count=1)[0].ids.clone()
+    net(ids).sum().backward()
+    linear, factors = net.linear.weights.lookups[0], net.embedding.lookups[0]
+    assert linear.ids is factors.ids and linear.inverse is factors.inverse
+    assert torch.equal(factors.ids[factors.inverse].view(ids.shape), ids)
+    ids[0, 0] = ids[0, 1]  # in place: the cached result no longer describes it
+    for table in net.row_tables():
+        table.lookups = []
+    net(ids).sum().backward()
+    again = net.embedding.lookups[0]
+    assert again.ids is not factors.ids
+    assert torch.equal(again.ids[again.inverse].view(ids.shape), ids)

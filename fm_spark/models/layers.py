@@ -66,11 +66,15 @@ def deduplicate(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     instead of one per table.
     """
     global _last_unique
+    try:
+        version = index._version
+    except RuntimeError:  # inference tensors keep no version counter: nothing to key on
+        version = None
     last = _last_unique
-    if last is not None and last[0] is index and last[1] == index._version:
+    if version is not None and last is not None and last[0] is index and last[1] == version:
         return last[2]
     result = torch.unique(index.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
-    _last_unique = (index, index._version, result)
+    _last_unique = None if version is None else (index, version, result)
     return result
 
 
