@@ -41,6 +41,14 @@ def tokenize(df: DataFrame, encodings: Sequence[Encoding]) -> DataFrame:
     return df.withColumns(slots) if slots else df
 
 
+def fit_groups(encodings: Sequence[Encoding]) -> list[list[Encoding]]:
+    """Encodings that are fitted (and prepared for encoding) together, in field order."""
+    groups: dict[object, list[Encoding]] = {}
+    for enc in encodings:
+        groups.setdefault(enc.fit_group or type(enc), []).append(enc)
+    return list(groups.values())
+
+
 @dataclass(frozen=True)
 class Featurizer:
     """Fits every field's encoding on the train split."""
@@ -61,12 +69,8 @@ class Featurizer:
         ctx = FitContext(root, HadoopFS(train.sparkSession, root), self.quantile_relative_error)
         unfitted = self.unfitted()
         train = tokenize(train, unfitted)
-        groups: dict[object, list[Encoding]] = {}
-        for enc in unfitted:
-            key = enc.fit_group or type(enc)
-            groups.setdefault(key, []).append(enc)
         fitted_state: dict[str, dict] = {}
-        for encs in groups.values():
+        for encs in fit_groups(unfitted):
             fitted_state.update(type(encs[0]).spark_fit(train, encs, ctx))
         encoders = [type(e)(e.field, fitted_state[e.field.name]) for e in unfitted]
         model = FeaturizerModel(tuple(encoders), root)
@@ -120,6 +124,8 @@ class FeaturizerModel:
         ids: list[Column] = []
         values: list[Column] = []
         df = tokenize(df, self.encoders)
+        for encs in fit_groups(self.encoders):
+            df = type(encs[0]).spark_prepare(df, encs, self.root)
         for enc, offset in zip(self.encoders, self.offsets, strict=True):
             df, local_ids, vals = enc.spark_encode(df, self.root)
             for name, local, val in zip(enc.field.column_names, local_ids, vals, strict=True):

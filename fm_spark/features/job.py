@@ -59,6 +59,24 @@ SUMMARY_FILE = "summary.json"
 _QUARANTINE_ROWS_PER_FILE = 1_000_000
 
 
+# The parsed rows are cached once and read by every later stage. Compressing the cache's
+# column batches cost 2.4x the time of building them uncompressed (200K Criteo lines: 8.5 s
+# vs 3.5 s of the first pass, with reads of the cache equally fast), and MEMORY_AND_DISK
+# spills what does not fit. Set for the job's duration only, then restored.
+_JOB_CONF = {"spark.sql.inMemoryColumnarStorage.compressed": "false"}
+
+
+def _set_conf(spark: SparkSession, conf: dict[str, str | None]) -> dict[str, str | None]:
+    """Apply ``conf`` (None: unset) to the session; return what it replaced."""
+    previous = {k: spark.conf.get(k, None) for k in conf}
+    for key, value in conf.items():
+        if value is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, value)
+    return previous
+
+
 class FeaturizeError(RuntimeError):
     """A failure the operator can act on (existing output, no input, too many bad rows)."""
 
@@ -115,6 +133,7 @@ def featurize(
         raise FeaturizeError(str(exc)) from None
     log.info("featurize: %s -> %s (job %s)", input_path, out.final, out.job_id)
     parsed = None
+    restore = _set_conf(spark, _JOB_CONF)
     try:
         parsed = _parse(spark, cfg, input_path).persist(StorageLevel.MEMORY_AND_DISK)
         summary = _run(cfg, parsed, input_path, out, staging, clock)
@@ -133,6 +152,7 @@ def featurize(
     finally:
         if parsed is not None:
             parsed.unpersist()
+        _set_conf(spark, restore)
 
 
 def _run(

@@ -217,6 +217,13 @@ class Encoding:
         """Fitted state per field name for every encoding of this fit group (one pass)."""
         return {e.field.name: {} for e in encodings}
 
+    @classmethod
+    def spark_prepare(cls, df: DataFrame, encodings: list[Encoding], root: str) -> DataFrame:
+        """Add what every encoding of this fit group's :meth:`spark_encode` reads, in one
+        step for the group (e.g. one indexer over all vocabulary slots); ``df`` carries the
+        token slots."""
+        return df
+
     def spark_raw(self) -> Column:
         """The (transformed) raw string the field encodes; null means missing."""
         from pyspark.sql import functions as F

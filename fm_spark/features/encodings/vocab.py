@@ -175,29 +175,58 @@ class Vocab(TokenEncoding):
         path = f"{root.rstrip('/')}/{self.fitted['vocab_path']}"
         return spark.read.schema(_vocab_schema()).parquet(path)
 
+    @classmethod
+    def spark_prepare(cls, df: DataFrame, encodings: list[Encoding], root: str) -> DataFrame:
+        """Index every vocabulary slot of the group with one MLlib ``StringIndexerModel``.
+
+        Its labels are the vocabulary in id order (kept tokens, then the rare ones), read in
+        one Spark job and handed to the model inside the JVM (nothing per token crosses to
+        Python). One indexer over all slots replaced a broadcast join per slot: 5x faster
+        (200K Criteo lines, 39 slots: 3.4 s against 18.6 s, a fresh JVM each), since a chain
+        of 39 joins copies every row 39 times and compiles into one huge generated method.
+        Unseen and missing tokens both get the indexer's extra index; the local id columns
+        added here tell them apart, and :meth:`spark_index` returns them.
+        """
+        from pyspark.ml.feature import StringIndexerModel
+        from pyspark.sql import functions as F
+
+        encs = [e for e in encodings if isinstance(e, Vocab)]
+        if not encs:
+            return df
+        spark = df.sparkSession
+        labels = _label_arrays(spark, encs, root)
+        slots = [(e, tok) for e in encs for tok in e.token_columns()]
+        gateway = spark.sparkContext._gateway
+        jlabels = gateway.new_array(gateway.jvm.java.lang.String, len(slots), 0)
+        for i, (e, _) in enumerate(slots):
+            jlabels[i] = labels[e.field.name][0]
+        jmodel = gateway.jvm.org.apache.spark.ml.feature.StringIndexerModel(
+            "fm_spark_vocab", jlabels
+        )
+        model = StringIndexerModel(jmodel)
+        model.setInputCols([tok for _, tok in slots])
+        model.setOutputCols([f"{tok}{_INDEX}" for _, tok in slots])
+        model.setHandleInvalid("keep")
+
+        def local_id(tok: str, kept: int, total: int) -> Column:
+            index = F.col(f"{tok}{_INDEX}").cast("int")
+            return (
+                F.when(F.col(tok).isNull(), MISSING_ID)
+                .when(index < F.lit(kept), index + F.lit(VOCAB_FIRST_ID))
+                .when(index < F.lit(total), F.lit(RARE_ID))
+                .otherwise(F.lit(UNSEEN_ID))
+            )
+
+        return model.transform(df).withColumns(
+            {f"{tok}{_LOCAL}": local_id(tok, *labels[e.field.name][1:]) for e, tok in slots}
+        )
+
     def spark_index(
         self, df: DataFrame, tokens: list[str], root: str
     ) -> tuple[DataFrame, list[Column]]:
         from pyspark.sql import functions as F
 
-        vocab = self.spark_vocabulary(df.sparkSession, root)
-        ids = []
-        for tok in tokens:
-            vid = f"{tok}_id"
-            df = df.join(
-                vocab.select(F.col("token").alias(tok), F.col("id").alias(vid)), on=tok, how="left"
-            )
-            # The id right away, and the token dropped: every join copies the whole row, so
-            # a chain of 39 carrying every token to the end copies twice the bytes.
-            local = f"{tok}_local"
-            df = df.withColumn(
-                local,
-                F.when(F.col(tok).isNull(), MISSING_ID)
-                .when(F.col(vid).isNull(), UNSEEN_ID)
-                .otherwise(F.col(vid)),
-            ).drop(tok, vid)
-            ids.append(F.col(local))
-        return df, ids
+        return df, [F.col(f"{tok}{_LOCAL}") for tok in tokens]
 
     # -- numpy -------------------------------------------------------------------------------
     def load(self, directory: Path) -> None:
@@ -217,6 +246,57 @@ class Vocab(TokenEncoding):
         if self.vocabulary is None:
             raise RuntimeError(f"{self!r}: call load(feature_map_dir) before encoding")
         return self.vocabulary.lookup(tokens)
+
+
+_INDEX = "_index"  # suffixes of the indexer's output column per slot, and of its local id
+_LOCAL = "_local"
+
+
+def _label_arrays(spark: Any, encodings: list[Vocab], root: str) -> dict[str, tuple[Any, int, int]]:
+    """Per field: (its tokens in id order as a JVM ``String[]``, kept count, token count).
+
+    The tokens never leave the JVM: the vocabularies are read and ordered in one job, the
+    rows collected as Java objects and each token list turned into a ``String[]`` there.
+    """
+    from pyspark.sql import functions as F
+
+    gateway = spark.sparkContext._gateway
+    hadoop_path = gateway.jvm.org.apache.hadoop.fs.Path
+    paths = {e.field.name: f"{root.rstrip('/')}/{e.fitted['vocab_path']}" for e in encodings}
+    # One scan of every vocabulary (a scan per field costs a file listing and a union per
+    # field); each row's field comes from its file's folder, named the way Spark names it
+    # (the URL-encoded path Hadoop gives), so any field name maps back.
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def raw_folder(path: str) -> str:
+        qualified = hadoop_path(path)
+        qualified = qualified.getFileSystem(hadoop_conf).makeQualified(qualified)
+        return qualified.toUri().getRawPath().rstrip("/")
+
+    folder_of = {raw_folder(p): n for n, p in paths.items()}
+    folder = F.regexp_extract(F.input_file_name(), r"^[^:/]*:(?://[^/]*)?(.*)/[^/]+$", 1)
+    field = F.create_map(*[F.lit(x) for kv in folder_of.items() for x in kv])[folder]
+    vocab = spark.read.schema(_vocab_schema()).parquet(*paths.values())
+    vocab = vocab.select(field.alias("field"), "token", "id")
+    rare_last = F.when(F.col("id") >= VOCAB_FIRST_ID, F.col("id")).otherwise(F.lit(2**31 - 1))
+    entries = F.array_sort(F.collect_list(F.struct(rare_last.alias("k"), F.col("token"))))
+    rows = vocab.groupBy("field").agg(
+        F.transform(entries, lambda x: x.getField("token")).alias("tokens"),
+        F.sum(F.when(F.col("id") >= VOCAB_FIRST_ID, 1).otherwise(0)).alias("kept"),
+    )
+    empty = gateway.new_array(gateway.jvm.java.lang.String, 0)
+    as_strings = gateway.jvm.java.util.Arrays.copyOf  # Object[] -> String[], in the JVM
+    out = {}
+    for jrow in rows._jdf.collectAsList():
+        tokens = gateway.jvm.java.util.ArrayList(jrow.getList(1)).toArray()
+        out[jrow.getString(0)] = (
+            as_strings(tokens, len(tokens), empty.getClass()),
+            int(jrow.getLong(2)),
+            len(tokens),
+        )
+    if None in out:  # a file outside every vocabulary folder: refuse rather than mis-index
+        raise RuntimeError(f"vocabulary files under {root} do not map to fields {list(paths)}")
+    return {e.field.name: out.get(e.field.name, (empty, 0, 0)) for e in encodings}
 
 
 def _sql_string(text: str) -> str:
