@@ -224,6 +224,11 @@ class TrainSpec(_Strict):
     epochs: PositiveInt = 30
     l2_embed: float = Field(default=0.0, ge=0)
     l2_linear: float = Field(default=0.0, ge=0)
+    # A Gaussian prior on every row: the epoch's objective is the summed logloss plus
+    # prior_l2 / 2 * ||w||^2 over all rows, charged lazily when a row is next used
+    # (fm_spark/train/decay.py). Unlike l2_* it holds rare rows back (README, Defaults).
+    prior_l2_linear: float = Field(default=16.0, ge=0)
+    prior_l2_embed: float = Field(default=64.0, ge=0)
     sparse: bool = True
     early_stopping_metric: Literal["logloss", "auc"] = "logloss"
     patience: int = Field(default=2, ge=0)
@@ -238,6 +243,15 @@ class TrainSpec(_Strict):
     # learning rate follows it (fm_spark/train/sizing.py; README, Defaults).
     min_steps_per_epoch: PositiveInt = 50
     lr_scaling: Literal["sqrt", "linear", "none"] = "sqrt"
+
+    @model_validator(mode="after")
+    def _prior_needs_row_tables(self) -> TrainSpec:
+        if not self.sparse and (self.prior_l2_linear > 0 or self.prior_l2_embed > 0):
+            raise ValueError(
+                "train.prior_l2_linear/prior_l2_embed are charged by the row optimizer, which "
+                "needs train.sparse: true; with dense tables set both to 0 (train.l2_* remain)"
+            )
+        return self
 
 
 class DatasetConfig(_Strict):
