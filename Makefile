@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml
 	@# pip's spark-submit runs the python3 first on PATH: bind the venv's to the venv
 	printf '#!/bin/sh\nexec "$$(dirname "$$0")/fm-spark-submit" "$$@"\n' > $(VENV)/bin/spark-submit
 	$(PY) -m fm_spark.models.ffm_kernel  # FFM's C++ pair kernel, into torch's extension cache
+	$(PY) -m fm_spark.train.row_kernel  # the row optimizer's C++ update rules, likewise
 	touch $(STAMP)
 
 demo: setup

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from fm_spark.data.reader import Batch
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.models import MODEL_NAMES, build_model
 from fm_spark.models.layers import CTRModel
+from fm_spark.train import row_kernel
 from fm_spark.train.factory import make_optimizers
 from fm_spark.train.optim import FTRL, RowOptimizer, merge_rows
 from fm_spark.train.step import StepFn
@@ -179,3 +181,57 @@ def test_evaluation_records_no_lookups() -> None:
     with torch.no_grad():
         net(batches(count=1)[0].ids)
     assert all(t.lookups == [] for t in net.row_tables())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad", "ftrl"])
+def test_row_kernel_matches_its_torch_ops(optimizer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ row update gives the torch ops' weights and state, step for step (FFM, FM)."""
+    if shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: row updates run on torch ops only")
+    assert row_kernel.available(), "the row update C++ kernel did not build"
+    calls = []
+    for rule in ("adam", "adagrad", "ftrl"):
+        real = getattr(row_kernel, rule)
+        monkeypatch.setattr(
+            row_kernel, rule, lambda *a, _f=real, **kw: calls.append(1) or _f(*a, **kw)
+        )
+    spec = TrainSpec(optimizer=optimizer, lr=0.05, ftrl_l1=0.02, ftrl_l2=0.01)
+    data = batches()
+    for name in ("ffm", "fm"):
+        kernel, ops = model(name), model(name)
+        opts = make_optimizers(kernel, spec)
+        step = StepFn(kernel, kernel, opts, CPU)
+        for b in data:
+            step(b)
+        assert calls, "the kernel was not used"
+        monkeypatch.setenv("FM_SPARK_ROW_KERNEL", "0")
+        ops_opts = make_optimizers(ops, spec)
+        ops_step = StepFn(ops, ops, ops_opts, CPU)
+        for b in data:
+            ops_step(b)
+        monkeypatch.delenv("FM_SPARK_ROW_KERNEL")
+        for (key, a), b in zip(kernel.named_parameters(), ops.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=key)
+        for s1, s2 in zip(opts[-1].state.values(), ops_opts[-1].state.values(), strict=True):
+            for key in s1:
+                torch.testing.assert_close(s1[key], s2[key], rtol=1e-12, atol=1e-14, msg=key)
+        assert float((kernel.embedding.weight - model(name).embedding.weight).abs().max()) > 1e-3
+
+
+def test_tables_share_one_unique_per_batch() -> None:
+    """The linear and factor tables look up the same ids: one sort, the same (ids, inverse);
+    a new tensor, or the same one changed in place, is deduplicated again."""
+    net = model("ffm")
+    make_optimizers(net, TrainSpec())
+    ids = batches(count=1)[0].ids.clone()
+    net(ids).sum().backward()
+    linear, factors = net.linear.weights.lookups[0], net.embedding.lookups[0]
+    assert linear.ids is factors.ids and linear.inverse is factors.inverse
+    assert torch.equal(factors.ids[factors.inverse].view(ids.shape), ids)
+    ids[0, 0] = ids[0, 1]  # in place: the cached result no longer describes it
+    for table in net.row_tables():
+        table.lookups = []
+    net(ids).sum().backward()
+    again = net.embedding.lookups[0]
+    assert again.ids is not factors.ids
+    assert torch.equal(again.ids[again.inverse].view(ids.shape), ids)

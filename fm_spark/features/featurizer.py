@@ -7,6 +7,11 @@ fit group (all vocabularies in one aggregation, all quantile edges in one
 offset in the global id space, maps raw string columns to int32 global ids with column
 expressions (plus a join per vocabulary slot), describes itself as the feature map and can be
 loaded back from a feature-map directory to encode more rows in Spark (batch scoring).
+
+Token slots (a field's token per slot: the raw string, its log-bin, a multi-valued field's
+k-th value) do not depend on anything fitted, so the feature job adds them once with
+:func:`tokenize` before caching: the fit counts them and the transform joins on them without
+re-parsing numbers (a regex per value) on every pass.
 """
 
 from __future__ import annotations
@@ -18,14 +23,22 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fm_spark.features.encodings import Encoding, FieldDef, FitContext, encoding_class
+from fm_spark.features.encodings.base import TMP_PREFIX
 from fm_spark.features.encodings.vocab import VOCAB_DIR
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, ColumnInfo, FeatureMap, FieldInfo
 from fm_spark.features.io import HadoopFS
 
-__all__ = ["QUANTILE_RELATIVE_ERROR", "VOCAB_DIR", "Featurizer", "FeaturizerModel"]
+__all__ = ["QUANTILE_RELATIVE_ERROR", "VOCAB_DIR", "Featurizer", "FeaturizerModel", "tokenize"]
 
 QUANTILE_RELATIVE_ERROR = 0.001
 _MAX_FEATURES = 2**31 - 1  # ids are int32
+
+
+def tokenize(df: DataFrame, encodings: Sequence[Encoding]) -> DataFrame:
+    """``df`` plus every encoding's token-slot columns it does not carry yet (one projection:
+    one per field would make the plan deep)."""
+    slots = {k: v for e in encodings for k, v in e.spark_slots().items() if k not in df.columns}
+    return df.withColumns(slots) if slots else df
 
 
 @dataclass(frozen=True)
@@ -35,11 +48,19 @@ class Featurizer:
     fields: tuple[FieldDef, ...]
     quantile_relative_error: float = QUANTILE_RELATIVE_ERROR
 
+    def unfitted(self) -> list[Encoding]:
+        return [encoding_class(f.encoding)(f) for f in self.fields]
+
+    def slot_columns(self) -> list[str]:
+        """The token-slot columns :func:`tokenize` adds for these fields."""
+        return [k for e in self.unfitted() for k in e.spark_slots()]
+
     def fit(self, train: DataFrame, root: str) -> FeaturizerModel:
         """Learn the fitted state of every field from ``train`` (raw string columns, good
         rows), writing artifacts (vocabularies) under ``root``, the model's home."""
         ctx = FitContext(root, HadoopFS(train.sparkSession, root), self.quantile_relative_error)
-        unfitted = [encoding_class(f.encoding)(f) for f in self.fields]
+        unfitted = self.unfitted()
+        train = tokenize(train, unfitted)
         groups: dict[object, list[Encoding]] = {}
         for enc in unfitted:
             key = enc.fit_group or type(enc)
@@ -92,14 +113,13 @@ class FeaturizerModel:
     def transform(self, df: DataFrame, keep: Sequence[str] | None = None) -> DataFrame:
         """Raw string columns -> ``keep`` columns, then int32 global id columns in column
         order, then float32 value columns. ``keep`` defaults to every input column whose name
-        does not clash with an output column."""
+        does not clash with an output column (token slots are temporary: never kept)."""
         out_names = set(self.id_columns) | set(self.value_columns)
         if keep is None:
-            keep = [c for c in df.columns if c not in out_names]
+            keep = [c for c in df.columns if c not in out_names and not c.startswith(TMP_PREFIX)]
         ids: list[Column] = []
         values: list[Column] = []
-        # All token slots in one projection: one per field would make the plan deep.
-        df = df.withColumns({k: v for e in self.encoders for k, v in e.spark_slots().items()})
+        df = tokenize(df, self.encoders)
         for enc, offset in zip(self.encoders, self.offsets, strict=True):
             df, local_ids, vals = enc.spark_encode(df, self.root)
             for name, local, val in zip(enc.field.column_names, local_ids, vals, strict=True):

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 from fm_spark.config import DatasetConfig, config_hash
 from fm_spark.features import guards
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, SplitStats
-from fm_spark.features.featurizer import Featurizer, FeaturizerModel
+from fm_spark.features.featurizer import Featurizer, FeaturizerModel, tokenize
 from fm_spark.features.io import HadoopFS
 from fm_spark.features.publish import Publisher, PublishError
 from fm_spark.features.quarantine import (
@@ -183,8 +183,9 @@ def _first_line(exc: Exception) -> str:
 
 
 def _parse(spark: SparkSession, cfg: DatasetConfig, input_path: str | list[str]) -> DataFrame:
-    """Raw rows validated, keyed for the split, and trimmed to what later stages need: the raw
-    line and source file are kept for bad rows only (good rows no longer need them)."""
+    """Raw rows validated, keyed for the split, tokenized, and trimmed to what later stages
+    need: the raw line and source file for bad rows only, the token slots (parsed once, here)
+    instead of the raw strings of the fields that have them."""
     raw = read_raw(spark, cfg.input, input_path)
     rules = parse_rules(cfg)
     split_rule = split_key_rule(cfg.split)
@@ -192,8 +193,11 @@ def _parse(spark: SparkSession, cfg: DatasetConfig, input_path: str | list[str])
         rules.append(split_rule)
     checked = with_reason(raw, rules, cfg.label)
     bad = F.col(REASON).isNotNull()
-    sources = sorted({f.input_column for f in cfg.fields})
-    return checked.select(
+    encodings = Featurizer(tuple(cfg.field_defs())).unfitted()
+    slots = [c for e in encodings for c in e.spark_slots()]
+    # Encodings without token slots (value, quantile bins) read their raw strings later.
+    sources = sorted({e.field.source for e in encodings if not e.spark_slots()})
+    return tokenize(checked, encodings).select(
         F.when(bad, F.col(RAW)).alias(RAW),
         F.when(bad, F.col(SOURCE_FILE)).alias(SOURCE_FILE),
         REASON,
@@ -201,6 +205,7 @@ def _parse(spark: SparkSession, cfg: DatasetConfig, input_path: str | list[str])
         LABEL,
         F.when(~bad, split_key(cfg.split)).alias(SPLIT_KEY),
         *sources,
+        *slots,
     )
 
 

@@ -77,8 +77,17 @@ class FieldAwareFactorizationMachine(CTRModel):
 
     def interaction(self, ids: Tensor, x: Tensor) -> Tensor:
         if ids.device.type == "cpu" and self.use_kernel and ffm_kernel.available():
-            rows = self.embedding(ids)  # [B, C, F*k]: the kernel picks v_{i, f(j)} itself
-            return ffm_kernel.pair_interaction(rows, x, self.column_fields, self.embed_dim)
+            table, cf, k = self.embedding, self.column_fields, self.embed_dim
+            # The kernel picks v_{i, f(j)} itself. Evaluation and row-update training read
+            # rows in place (the table, or the batch's unique rows by inverse) so no
+            # [B, C, F*k] copy is made; other gradient modes need the gathered tensor.
+            if not torch.is_grad_enabled():
+                return ffm_kernel.pair_interaction_rows(table.weight, ids, x, cf, k)
+            if table.row_updates:
+                lookup = table.lookup(ids)
+                inverse = lookup.inverse.view(ids.shape)
+                return ffm_kernel.pair_interaction_rows(lookup.rows, inverse, x, cf, k)
+            return ffm_kernel.pair_interaction(table(ids), x, cf, k)
         return self.interaction_torch(ids, x)
 
     def interaction_torch(self, ids: Tensor, x: Tensor) -> Tensor:

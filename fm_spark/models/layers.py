@@ -44,12 +44,38 @@ class RowLookup:
     """One deduplicated lookup: the table rows ``ids`` (unique) as a leaf ``rows`` tensor.
 
     Autograd accumulates every use of a row into ``rows.grad`` (``[U, dim]``, dense over the
-    unique rows only); ``counts`` is how often each row occurs in the batch (for L2).
+    unique rows only); ``counts`` is how often each row occurs in the batch (for L2);
+    ``inverse`` maps each position of the (flattened) index to its row in ``rows``.
     """
 
     ids: Tensor
     counts: Tensor
     rows: Tensor
+    inverse: Tensor | None = None
+
+
+_last_unique: tuple[Tensor, int, tuple[Tensor, Tensor, Tensor]] | None = None
+
+
+def deduplicate(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(unique ids, inverse, counts)`` of ``index`` (flattened), sorted by id.
+
+    Every model looks up its linear table and its factor table with the same ``ids`` tensor,
+    so the result for the last tensor seen is kept and reused while that tensor object is
+    unchanged (same object, same in-place version): one sort of the batch's ids per step
+    instead of one per table.
+    """
+    global _last_unique
+    try:
+        version = index._version
+    except RuntimeError:  # inference tensors keep no version counter: nothing to key on
+        version = None
+    last = _last_unique
+    if version is not None and last is not None and last[0] is index and last[1] == version:
+        return last[2]
+    result = torch.unique(index.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
+    _last_unique = None if version is None else (index, version, result)
+    return result
 
 
 class RowTable(nn.Embedding):
@@ -86,12 +112,20 @@ class RowTable(nn.Embedding):
         return flat.view(*index.shape, self.embedding_dim)
 
     def _deduplicated(self, index: Tensor) -> Tensor:
-        ids, inverse, counts = torch.unique(
-            index.reshape(-1), sorted=True, return_inverse=True, return_counts=True
-        )
+        lookup = self.lookup(index)
+        return lookup.rows.index_select(0, lookup.inverse).view(*index.shape, self.embedding_dim)
+
+    def lookup(self, index: Tensor) -> RowLookup:
+        """Record this step's lookup of ``index`` and return it (row-update mode only).
+
+        For a model that consumes the unique rows itself (FFM's kernel reads ``rows[inverse]``
+        in place) instead of the gathered ``[*index.shape, dim]`` tensor.
+        """
+        ids, inverse, counts = deduplicate(index)
         rows = self.weight.detach().index_select(0, ids).requires_grad_(True)
-        self.lookups.append(RowLookup(ids, counts, rows))
-        return rows.index_select(0, inverse).view(*index.shape, self.embedding_dim)
+        lookup = RowLookup(ids, counts, rows, inverse)
+        self.lookups.append(lookup)
+        return lookup
 
     def occurrence_sum_sq(self) -> Tensor:
         """``sum(row^2)`` over this step's looked-up rows, each counted once per occurrence.

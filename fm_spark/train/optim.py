@@ -27,6 +27,9 @@ Under DDP the tables stay out of DDP: an ``exchange`` callable (see
 :mod:`fm_spark.train.row_exchange`) all-gathers each worker's unique ids and row gradients, and
 every worker applies the same update, so the traffic scales with the batch's unique ids, not
 with the table.
+
+On the CPU the three rules run in :mod:`fm_spark.train.row_kernel` (one pass per row, in
+place) when it is built; the torch ops below are the fallback and the tests' reference.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 from torch import Tensor
 
 from fm_spark.models.layers import RowTable
+from fm_spark.train import row_kernel
 
 __all__ = ["FTRL", "RowOptimizer", "merge_rows"]
 
@@ -175,25 +179,40 @@ class RowOptimizer(torch.optim.Optimizer):
     def _adam(weight: Tensor, state: dict, ids: Tensor, g: Tensor, group: dict) -> None:
         beta1, beta2 = group["betas"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        step = float(state["step"])
+        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+        if row_kernel.usable(weight, exp_avg, exp_avg_sq):
+            row_kernel.adam(
+                weight, exp_avg, exp_avg_sq, ids, g,
+                beta1=beta1, beta2=beta2, eps=group["eps"], step_size=step_size,
+            )  # fmt: skip
+            return
         m = exp_avg.index_select(0, ids)
         v = exp_avg_sq.index_select(0, ids)
         m.add_(g.sub(m).mul_(1 - beta1))
         v.add_(g.pow(2).sub_(v).mul_(1 - beta2))
         exp_avg.index_copy_(0, ids, m)
         exp_avg_sq.index_copy_(0, ids, v)
-        step = float(state["step"])
-        step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
         weight.index_add_(0, ids, m.div_(v.sqrt_().add_(group["eps"])).mul_(-step_size))
 
     @staticmethod
     def _adagrad(weight: Tensor, state: dict, ids: Tensor, g: Tensor, group: dict) -> None:
         total = state["sum"]
+        if row_kernel.usable(weight, total):
+            row_kernel.adagrad(weight, total, ids, g, group["lr"], group["eps"])
+            return
         s = total.index_select(0, ids).addcmul_(g, g)
         total.index_copy_(0, ids, s)
         weight.index_add_(0, ids, g.div(s.sqrt_().add_(group["eps"])).mul_(-group["lr"]))
 
     @staticmethod
     def _ftrl(weight: Tensor, state: dict, ids: Tensor, g: Tensor, group: dict) -> None:
+        if row_kernel.usable(weight, state["z"], state["n"]):
+            row_kernel.ftrl(
+                weight, state["z"], state["n"], ids, g, alpha=group["lr"],
+                beta=group["ftrl_beta"], l1=group["ftrl_l1"], l2=group["ftrl_l2"],
+            )  # fmt: skip
+            return
         w, z, n = _ftrl_rows(
             weight.index_select(0, ids),
             state["z"].index_select(0, ids),

@@ -17,6 +17,7 @@ import pandas as pd
 
 from fm_spark.features.encodings.base import TMP_PREFIX, Encoding, FieldInput
 from fm_spark.features.encodings.modifiers import multi_slots, multi_tokens
+from fm_spark.features.spec import MISSING_ID
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
@@ -34,15 +35,6 @@ class TokenEncoding(Encoding):
 
     def token_columns(self) -> list[str]:
         return [f"{TMP_PREFIX}{c}" for c in self.field.column_names]
-
-    def spark_token_array(self) -> Column:
-        """Every token of a row, as an array (what a vocabulary counts; nulls dropped)."""
-        from pyspark.sql import functions as F
-
-        f = self.field
-        if f.multi:
-            return multi_tokens(self.spark_raw(), f.separator, f.max_values)
-        return F.array(self.spark_token())
 
     def spark_slots(self) -> dict[str, Column]:
         f = self.field
@@ -68,8 +60,9 @@ class TokenEncoding(Encoding):
         df, ids = self.spark_index(df, names, root)
         if not self.field.multi:
             return df, ids, [None]
-        tokens = [F.col(t) for t in names]
-        values = [F.lit(1.0), *[F.when(t.isNull(), 0.0).otherwise(1.0) for t in tokens[1:]]]
+        # A padding slot (no token) is exactly a slot with the missing id: the values follow
+        # from the ids, so the index may drop its token columns as soon as it has joined them.
+        values = [F.lit(1.0), *[F.when(i == MISSING_ID, 0.0).otherwise(1.0) for i in ids[1:]]]
         return df, ids, values
 
     # -- numpy -------------------------------------------------------------------------------

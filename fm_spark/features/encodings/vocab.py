@@ -1,12 +1,14 @@
 """``vocab``: a vocabulary learned on the train split.
 
-Fit: all vocabulary fields (``vocab`` and ``log_bins``) in one aggregation over exploded
-``(field, token)`` pairs, ranked by a window (count desc, token asc); written partitioned by
-field in one job as ``vocab/<field>/`` Parquet (token, count, id; rare tokens have id 2 so a
-reader can tell rare from unseen). The fitted state is the number of kept tokens and a digest
-of the vocabulary (xor of ``xxhash64(token || U+0001 || id)``), which goes into the field's
-fingerprint. Spark encodes with a left join per slot (small vocabularies get broadcast);
-numpy with a dict lookup per token.
+Fit: all vocabulary fields (``vocab`` and ``log_bins``) in one aggregation over
+``(field, token)`` pairs, one per token slot (``stack`` over the slot columns: flat generated
+code, where exploding an array of structs per row compiled into a method so large that a
+fresh JVM spent most of the fit compiling it), ranked by a window (count desc, token asc);
+written partitioned by field in one job as ``vocab/<field>/`` Parquet (token, count, id; rare
+tokens have id 2 so a reader can tell rare from unseen). The fitted state is the number of
+kept tokens and a digest of the vocabulary (xor of ``xxhash64(token || U+0001 || id)``), which
+goes into the field's fingerprint. Spark encodes with a left join per slot (small
+vocabularies get broadcast); numpy with a dict lookup per token.
 """
 
 from __future__ import annotations
@@ -115,13 +117,10 @@ class Vocab(TokenEncoding):
         from pyspark.sql import functions as F
 
         encs = [e for e in encodings if isinstance(e, TokenEncoding)]
-
-        def tagged(e: TokenEncoding) -> Column:
-            tag = F.lit(e.field.name).alias("field")
-            return F.transform(e.spark_token_array(), lambda t: F.struct(tag, t.alias("token")))
-
-        pairs = train.select(F.explode(F.concat(*[tagged(e) for e in encs])).alias("p"))
-        pairs = pairs.select("p.field", "p.token")
+        # The train frame carries the token slots (the featurizer tokenizes before fitting).
+        slots = [(e.field.name, c) for e in encs for c in e.token_columns()]
+        stacked = ", ".join(f"{_sql_string(name)}, {_sql_name(col)}" for name, col in slots)
+        pairs = train.select(F.expr(f"stack({len(slots)}, {stacked}) AS (field, token)"))
         counts = pairs.where(F.col("token").isNotNull()).groupBy("field", "token").count()
         min_count = F.create_map(
             *[F.lit(x) for e in encs for x in (e.field.name, e.field.params["min_count"])]
@@ -188,11 +187,16 @@ class Vocab(TokenEncoding):
             df = df.join(
                 vocab.select(F.col("token").alias(tok), F.col("id").alias(vid)), on=tok, how="left"
             )
-            ids.append(
+            # The id right away, and the token dropped: every join copies the whole row, so
+            # a chain of 39 carrying every token to the end copies twice the bytes.
+            local = f"{tok}_local"
+            df = df.withColumn(
+                local,
                 F.when(F.col(tok).isNull(), MISSING_ID)
                 .when(F.col(vid).isNull(), UNSEEN_ID)
-                .otherwise(F.col(vid))
-            )
+                .otherwise(F.col(vid)),
+            ).drop(tok, vid)
+            ids.append(F.col(local))
         return df, ids
 
     # -- numpy -------------------------------------------------------------------------------
@@ -213,6 +217,14 @@ class Vocab(TokenEncoding):
         if self.vocabulary is None:
             raise RuntimeError(f"{self!r}: call load(feature_map_dir) before encoding")
         return self.vocabulary.lookup(tokens)
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _sql_name(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
 
 
 def _vocab_schema() -> Any:
