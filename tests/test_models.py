@@ -388,17 +388,31 @@ def test_ffm_cpu_kernel_equals_torch_ops(layout: str) -> None:
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.fixture
+def two_threads():
+    """At least two intra-op threads, so the kernel's per-thread split runs on any machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(2, before))
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("embed_dim", [3, 4])
-@pytest.mark.parametrize("layout", ["one_column_per_field", "multi_slot"])
-def test_ffm_row_kernel_equals_torch_ops(layout: str, embed_dim: int) -> None:
+@pytest.mark.parametrize("layout", ["one_column_per_field", "multi_slot", "large_fields"])
+def test_ffm_row_kernel_equals_torch_ops(layout: str, embed_dim: int, two_threads) -> None:
     """The in-place form training and evaluation use: rows by inverse, gradient per row.
 
-    600 samples, so the backward splits them over every thread's buffer; k = 3 takes the
-    run-time-width loops, k = 4 the unrolled ones; some values are 0 (padding)."""
+    600 samples, so the backward splits them between threads; small fields give rows that
+    every thread's samples use, large ones rows that only one thread's samples use (the two
+    ways a row's gradient is accumulated); k = 3 takes the run-time-width loops, k = 4 the
+    unrolled ones; some values are 0 (padding)."""
     if shutil.which("c++") is None:
         pytest.skip("no C++ compiler: FFM runs on torch ops only")
-    fmap = FeatureMap.synthetic(FIELD_SIZES) if layout == "one_column_per_field" else None
-    fmap = fmap or multi_slot_map()
+    fmap = {
+        "one_column_per_field": lambda: FeatureMap.synthetic(FIELD_SIZES),
+        "multi_slot": multi_slot_map,
+        "large_fields": lambda: FeatureMap.synthetic([3, 400, 50, 2_000, 8]),
+    }[layout]()
     model = randomised(build_model("ffm", fmap, embed_dim=embed_dim).double())
     ids, values = random_batch(fmap, batch=600, seed=7)
     values[::7, 1] = 0.0

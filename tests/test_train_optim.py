@@ -201,9 +201,12 @@ def test_row_kernel_matches_its_torch_ops(optimizer: str, monkeypatch: pytest.Mo
         kernel, ops = model(name), model(name)
         opts = make_optimizers(kernel, spec)
         step = StepFn(kernel, kernel, opts, CPU)
+        version = kernel.embedding.weight._version
         for b in data:
             step(b)
         assert calls, "the kernel was not used"
+        # In-place like the torch ops: autograd sees the weights changed.
+        assert kernel.embedding.weight._version > version
         monkeypatch.setenv("FM_SPARK_ROW_KERNEL", "0")
         ops_opts = make_optimizers(ops, spec)
         ops_step = StepFn(ops, ops, ops_opts, CPU)

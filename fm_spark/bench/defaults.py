@@ -86,6 +86,7 @@ def run_one(
     time_limit: float = 1e9,
 ) -> dict[str, Any]:
     from fm_spark.data.reader import Batch
+    from fm_spark.train.decay import RowDecay
     from fm_spark.train.loop import StepFn, build, make_optimizers
     from fm_spark.train.sizing import fit_to_data
 
@@ -97,10 +98,11 @@ def run_one(
     torch.manual_seed(seed)
     net = build(cfg, model, fmap)
     opts = make_optimizers(net, spec)
-    step = StepFn(net, net, opts, torch.device("cpu"))
-    tr = splits["train"]
-    n = tr["label"].shape[0]
+    n = splits["train"]["label"].shape[0]
     bs = spec.batch_size
+    decay = RowDecay.build(net, spec, (n // bs) * bs)
+    step = StepFn(net, net, opts, torch.device("cpu"), decay)
+    tr = splits["train"]
     gen = torch.Generator().manual_seed(seed)
     history = []
     best = (math.inf, 0, None)

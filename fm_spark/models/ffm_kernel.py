@@ -114,12 +114,14 @@ inline void sample_backward(const T* const* p, T* const* d, const T* x, T g, con
 
 // Asks for the next sample's rows and gradient rows while this one is computed: they lie
 // anywhere in arrays far larger than the cache, and waiting for them dominated the loop.
+// grad[i] (or nullptr) is where column i's gradient row will be added.
 template <typename T>
-inline void prefetch_rows(const T* rows, T* grad, const int64_t* index, int64_t C, int64_t W) {
+inline void prefetch_rows(const T* rows, T* const* grad, const int64_t* index, int64_t C,
+                          int64_t W) {
   constexpr int64_t line = 64 / sizeof(T);
   for (int64_t i = 0; i < C; ++i) {
     const T* r = rows + index[i] * W;
-    T* g = grad != nullptr ? grad + index[i] * W : nullptr;
+    T* g = grad != nullptr ? grad[i] : nullptr;
     for (int64_t t = 0; t < W; t += line) {
       __builtin_prefetch(r + t, 0);
       if (grad != nullptr) __builtin_prefetch(g + t, 1);
@@ -235,9 +237,12 @@ torch::Tensor ffm_rows_forward(torch::Tensor rows, torch::Tensor index, torch::T
 }
 
 // Gradient of ffm_rows_forward w.r.t. rows ([R, F*k], summed over every use) and x. Samples
-// are split into one contiguous slot per thread, each accumulating into its own zeroed
-// [R, F*k] buffer (slot 0 into the result), then the buffers are summed: no two threads ever
-// write the same memory, and for a given thread count the sums run in a fixed order.
+// are split into one contiguous slot per thread. A row that only one slot's samples use is
+// accumulated by that slot straight into the result; a row used by several slots (the
+// frequent features) is accumulated by each slot s > 0 into its own zeroed buffer of just
+// those shared rows, and the buffers are added in at the end. So no two threads ever write
+// the same memory, the extra memory and passes are sized by the shared rows only, and for a
+// given thread count the sums run in a fixed order.
 std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows,
                                              torch::Tensor index, torch::Tensor x,
                                              torch::Tensor cf, int64_t k, bool need_dx) {
@@ -245,12 +250,30 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
   auto idx = index.to(torch::kLong).contiguous();
   auto cfc = cf.to(torch::kLong).contiguous();
   const int64_t R = rows.size(0), W = rows.size(1), B = idx.size(0), C = idx.size(1);
+  check_index(idx, R);
   const int64_t slots = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), B / 256));
-  auto drows = torch::empty_like(rows);
-  auto extra = torch::empty({slots - 1, R, W}, rows.options());
-  auto dx = need_dx ? torch::zeros_like(x) : torch::empty({0}, x.options());
   const int64_t* f = cfc.data_ptr<int64_t>();
   const int64_t* I = idx.data_ptr<int64_t>();
+  auto slot_begin = [&](int64_t s) { return s * B / slots; };
+  // owner[r]: the one slot using row r, -1 if none, -2 if several; shared[q]: shared rows.
+  std::vector<int64_t> owner(slots > 1 ? R : 0, -1), shared_pos(slots > 1 ? R : 0, -1);
+  std::vector<int64_t> shared;
+  for (int64_t s = 0; s < slots && slots > 1; ++s) {
+    for (int64_t n = slot_begin(s) * C; n < slot_begin(s + 1) * C; ++n) {
+      int64_t& o = owner[I[n]];
+      o = o == -1 || o == s ? s : -2;
+    }
+  }
+  for (int64_t r = 0; r < static_cast<int64_t>(owner.size()); ++r) {
+    if (owner[r] == -2) {
+      shared_pos[r] = static_cast<int64_t>(shared.size());
+      shared.push_back(r);
+    }
+  }
+  const int64_t S = static_cast<int64_t>(shared.size());
+  auto drows = torch::zeros_like(rows);
+  auto extra = torch::empty({std::max<int64_t>(slots - 1, 0), S, W}, rows.options());
+  auto dx = need_dx ? torch::zeros_like(x) : torch::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "ffm_rows_backward", [&] {
     const scalar_t* Rw = rows.data_ptr<scalar_t>();
     const scalar_t* X = x.data_ptr<scalar_t>();
@@ -266,18 +289,25 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
         // gradient added row by row, in the order the prefetcher follows.
         std::vector<scalar_t> rows_in(C * W), grad_out(C * W);
         std::vector<const scalar_t*> p(C);
-        std::vector<scalar_t*> d(C);
+        std::vector<scalar_t*> d(C), dst(C), next(C);
         for (int64_t i = 0; i < C; ++i) {
           p[i] = rows_in.data() + i * W;
           d[i] = grad_out.data() + i * W;
         }
         for (int64_t s = s_lo; s < s_hi; ++s) {
-          scalar_t* D = s == 0 ? D0 : DS + (s - 1) * R * W;
-          std::fill(D, D + R * W, scalar_t(0));
-          const int64_t b_end = (s + 1) * B / slots;
-          for (int64_t b = s * B / slots; b < b_end; ++b) {
+          scalar_t* mine = s == 0 ? nullptr : DS + (s - 1) * S * W;
+          if (mine != nullptr) std::fill(mine, mine + S * W, scalar_t(0));
+          auto target = [&](int64_t r) {
+            return mine != nullptr && owner[r] == -2 ? mine + shared_pos[r] * W : D0 + r * W;
+          };
+          const int64_t b_end = slot_begin(s + 1);
+          for (int64_t b = slot_begin(s); b < b_end; ++b) {
             const int64_t* Ib = I + b * C;
-            if (b + 1 < b_end) prefetch_rows(Rw, D, Ib + C, C, W);
+            for (int64_t i = 0; i < C; ++i) dst[i] = target(Ib[i]);
+            if (b + 1 < b_end) {
+              for (int64_t i = 0; i < C; ++i) next[i] = target(Ib[C + i]);
+              prefetch_rows(Rw, next.data(), Ib + C, C, W);
+            }
             for (int64_t i = 0; i < C; ++i) {
               std::copy(Rw + Ib[i] * W, Rw + (Ib[i] + 1) * W, rows_in.data() + i * W);
             }
@@ -285,19 +315,22 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
             sample_backward<scalar_t, K>(p.data(), d.data(), X + b * C, G[b], f, C, k,
                                          DX ? DX + b * C : nullptr);
             for (int64_t i = 0; i < C; ++i) {
-              scalar_t* dst = D + Ib[i] * W;
+              scalar_t* out = dst[i];
               const scalar_t* src = grad_out.data() + i * W;
-              for (int64_t t = 0; t < W; ++t) dst[t] += src[t];
+              for (int64_t t = 0; t < W; ++t) out[t] += src[t];
             }
           }
         }
       });
     });
-    if (slots > 1) {
-      at::parallel_for(0, R * W, 1 << 14, [&](int64_t lo, int64_t hi) {
+    if (slots > 1 && S > 0) {
+      at::parallel_for(0, S, 64, [&](int64_t lo, int64_t hi) {
         for (int64_t s = 1; s < slots; ++s) {
-          const scalar_t* src = DS + (s - 1) * R * W;
-          for (int64_t e = lo; e < hi; ++e) D0[e] += src[e];
+          for (int64_t q = lo; q < hi; ++q) {
+            scalar_t* out = D0 + shared[q] * W;
+            const scalar_t* src = DS + ((s - 1) * S + q) * W;
+            for (int64_t t = 0; t < W; ++t) out[t] += src[t];
+          }
         }
       });
     }

@@ -46,6 +46,12 @@ void check(const torch::Tensor& weight, const torch::Tensor& ids, const torch::T
               std::get<1>(mm).item<int64_t>() < weight.size(0), "row kernel: id out of range");
 }
 
+// Writes through data pointers skip the version counter that in-place torch ops bump (and
+// autograd checks saved tensors against): bump it, as the torch path's ops would have.
+void bump(std::initializer_list<torch::Tensor> tensors) {
+  for (const auto& t : tensors) torch::autograd::impl::bump_version(t);
+}
+
 // Calls fn(row, u) for every u with row = ids[u], rows split between threads. The rows lie
 // anywhere in tables far larger than the cache, so those of a few ids ahead are requested
 // (in each of the `tables` [rows, dim] arrays) while the current one is updated.
@@ -98,6 +104,7 @@ void adam_rows(torch::Tensor weight, torch::Tensor exp_avg, torch::Tensor exp_av
       }
     });
   });
+  bump({weight, exp_avg, exp_avg_sq});
 }
 
 void adagrad_rows(torch::Tensor weight, torch::Tensor sum, torch::Tensor ids,
@@ -122,6 +129,7 @@ void adagrad_rows(torch::Tensor weight, torch::Tensor sum, torch::Tensor ids,
       }
     });
   });
+  bump({weight, sum});
 }
 
 void ftrl_rows(torch::Tensor weight, torch::Tensor z, torch::Tensor n, torch::Tensor ids,
@@ -157,6 +165,7 @@ void ftrl_rows(torch::Tensor weight, torch::Tensor z, torch::Tensor n, torch::Te
       }
     });
   });
+  bump({weight, z, n});
 }
 """
 

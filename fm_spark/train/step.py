@@ -10,6 +10,7 @@ from torch import nn
 from fm_spark.config import TrainSpec
 from fm_spark.data.reader import Batch
 from fm_spark.features.feature_map import FeatureMap
+from fm_spark.train.decay import RowDecay
 
 __all__ = ["NonFiniteStep", "StepFn", "non_finite_message", "to_device"]
 
@@ -51,8 +52,10 @@ class StepFn:
         model: nn.Module,
         optimizers: list[torch.optim.Optimizer],
         device: torch.device,
+        decay: RowDecay | None = None,
     ) -> None:
         self.net, self.model, self.optimizers, self.device = net, model, optimizers, device
+        self.decay = decay
         self.autocast = device.type == "cuda"
         self.loss_fn = nn.BCEWithLogitsLoss()
 
@@ -65,6 +68,8 @@ class StepFn:
             logits = self.net(ids, values)
         # Mean BCE plus the per-example L2 (penalty sums over the batch's rows).
         loss = self.loss_fn(logits.float(), label) + self.model.penalty(ids) / ids.shape[0]
+        if self.decay is not None:  # every row's decay since its last use (train/decay.py)
+            loss = loss + self.decay.penalty()
         value = float(loss.detach())
         if not math.isfinite(value):
             raise NonFiniteStep(value)

@@ -51,6 +51,7 @@ from fm_spark.config import DatasetConfig
 from fm_spark.data.reader import Batch, open_batches, petastorm_seed
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.train import checkpoint
+from fm_spark.train.decay import RowDecay
 from fm_spark.train.distributed import WorkerContext
 from fm_spark.train.early_stopping import EarlyStopping
 from fm_spark.train.errors import NonFiniteLossError, TrainError
@@ -145,7 +146,9 @@ class Trainer:
         net: nn.Module = self.model
         if ctx.distributed:
             net = _ddp(self.model, ctx)
-        step_fn = StepFn(net, self.model, self.optimizers, ctx.device)
+        # The prior's per-step rate: lambda over the rows an epoch covers (all workers).
+        decay = RowDecay.build(self.model, spec, self.job.steps_per_epoch * spec.batch_size)
+        step_fn = StepFn(net, self.model, self.optimizers, ctx.device, decay)
         for epoch in range(start + 1, spec.epochs + 1):
             if self.stopper.should_stop:
                 break

@@ -2,7 +2,8 @@
 and how one Optuna trial turns them into config overrides.
 
 The space is data, like every other setting: a range file names, per model, which of
-``lr``, ``l2_embed``, ``l2_linear``, ``embed_dim`` and ``batch_size`` to search and over
+``lr``, ``l2_embed``, ``l2_linear``, ``prior_l2_embed``, ``prior_l2_linear``, ``embed_dim`` and
+``batch_size`` to search and over
 what. Each maps to one dotted config key (``train.lr``, ``models.fm.embed_dim``), so a
 trial's parameters are exactly the overrides ``fm-spark train --params`` applies.
 """
@@ -48,12 +49,14 @@ class ModelSpace(_Strict):
     lr: FloatRange | None = None
     l2_embed: FloatRange | None = None
     l2_linear: FloatRange | None = None
+    prior_l2_embed: FloatRange | None = None
+    prior_l2_linear: FloatRange | None = None
     embed_dim: Choices | None = None
     batch_size: Choices | None = None
 
     def suggest(self, trial: Any, model: str) -> dict[str, Any]:
         """This trial's values as dotted config keys (``train.lr``, ``models.fm.embed_dim``)."""
-        for name in ("lr", "l2_embed", "l2_linear"):
+        for name in ("lr", "l2_embed", "l2_linear", "prior_l2_embed", "prior_l2_linear"):
             rng: FloatRange | None = getattr(self, name)
             if rng is not None:
                 trial.suggest_float(name, rng.low, rng.high, log=rng.log)
