@@ -5,13 +5,15 @@ registry, :mod:`fm_spark.features.encodings`) and fits them on the train split, 
 fit group (all vocabularies in one aggregation, all quantile edges in one
 ``approxQuantile``). The result, :class:`FeaturizerModel`, places each fitted encoding at an
 offset in the global id space, maps raw string columns to int32 global ids with column
-expressions (plus a join per vocabulary slot), describes itself as the feature map and can be
-loaded back from a feature-map directory to encode more rows in Spark (batch scoring).
+expressions (vocabulary slots through one MLlib ``StringIndexerModel`` per fit group, see
+:meth:`~fm_spark.features.encodings.vocab.Vocab.spark_prepare`), describes itself as the
+feature map and can be loaded back from a feature-map directory to encode more rows in Spark
+(batch scoring).
 
 Token slots (a field's token per slot: the raw string, its log-bin, a multi-valued field's
 k-th value) do not depend on anything fitted, so the feature job adds them once with
-:func:`tokenize` before caching: the fit counts them and the transform joins on them without
-re-parsing numbers (a regex per value) on every pass.
+:func:`tokenize` before caching: the fit counts them and the transform indexes them without
+re-parsing numbers on every pass.
 """
 
 from __future__ import annotations

@@ -334,9 +334,8 @@ def _write_splits(
     group_rows = row_group_rows(spec.row_group_rows, counts["splits"]["train"]["rows"])
     spark = good.sparkSession
     wanted = min(max(2, spark.sparkContext.defaultParallelism), largest // group_rows)
-    # Counted on the input, not on ``encoded``: planning ``encoded.rdd`` runs every
-    # vocabulary broadcast, which the write would then run a second time. The broadcast joins
-    # keep the input's partitioning, so the count is the same.
+    # Counted on the input, not on ``encoded``: the encoding is row-wise (projections), so
+    # it keeps the input's partitioning, and planning ``encoded.rdd`` would cost a plan more.
     if wanted >= 2 and good.rdd.getNumPartitions() < wanted:
         # Deterministic spread: by a hash of the ids (stable across runs), not round-robin.
         encoded = encoded.repartition(wanted, F.xxhash64(*model.id_columns))
