@@ -17,16 +17,15 @@ tests check both give the same values and gradients.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from fm_spark.native import InlineKernel
+
 __all__ = ["available", "build", "pair_interaction", "pair_interaction_rows"]
 
-log = logging.getLogger("fm_spark.models")
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -339,37 +338,14 @@ std::vector<torch::Tensor> ffm_rows_backward(torch::Tensor g, torch::Tensor rows
 }
 """
 
-_module: Any = None
-_failed = False
-
-
-def build(verbose: bool = False) -> Any:
-    """Compile (or load from torch's extension cache) the kernel; ``None`` if it cannot."""
-    global _module, _failed
-    if _module is not None or _failed:
-        return _module
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        _module = load_inline(
-            name="fm_spark_ffm",
-            cpp_sources=_SOURCE,
-            functions=["ffm_forward", "ffm_backward", "ffm_rows_forward", "ffm_rows_backward"],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
-    except Exception as exc:  # no compiler, no headers: fall back to torch ops
-        _failed = True
-        log.warning("FFM C++ kernel unavailable, using torch ops: %s", str(exc)[:300])
-    return _module
-
-
-def available() -> bool:
-    """Whether FFM on the CPU runs the kernel (built here, not switched off)."""
-    if os.environ.get("FM_SPARK_FFM_KERNEL", "1") == "0":
-        return False
-    return build() is not None
+_KERNEL = InlineKernel(
+    "fm_spark_ffm",
+    _SOURCE,
+    ["ffm_forward", "ffm_backward", "ffm_rows_forward", "ffm_rows_backward"],
+    switch="FM_SPARK_FFM_KERNEL",
+)
+build = _KERNEL.build
+available = _KERNEL.available
 
 
 class _PairInteraction(torch.autograd.Function):
@@ -377,14 +353,14 @@ class _PairInteraction(torch.autograd.Function):
     def forward(ctx: FunctionCtx, e: Tensor, x: Tensor, cf: Tensor, k: int) -> Tensor:
         ctx.save_for_backward(e, x, cf)
         ctx.k = k
-        return _module.ffm_forward(e, x, cf, k)
+        return _KERNEL.module.ffm_forward(e, x, cf, k)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         e, x, cf = ctx.saved_tensors
         need_dx = ctx.needs_input_grad[1]
-        de, dx = _module.ffm_backward(grad, e, x, cf, ctx.k, need_dx)
+        de, dx = _KERNEL.module.ffm_backward(grad, e, x, cf, ctx.k, need_dx)
         return de, dx if need_dx else None, None, None
 
 
@@ -395,14 +371,14 @@ class _RowsPairInteraction(torch.autograd.Function):
     ) -> Tensor:
         ctx.save_for_backward(rows, index, x, cf)
         ctx.k = k
-        return _module.ffm_rows_forward(rows, index, x, cf, k)
+        return _KERNEL.module.ffm_rows_forward(rows, index, x, cf, k)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
         rows, index, x, cf = ctx.saved_tensors
         need_dx = ctx.needs_input_grad[2]
-        drows, dx = _module.ffm_rows_backward(grad, rows, index, x, cf, ctx.k, need_dx)
+        drows, dx = _KERNEL.module.ffm_rows_backward(grad, rows, index, x, cf, ctx.k, need_dx)
         return drows, None, dx if need_dx else None, None, None
 
 

@@ -16,14 +16,13 @@ RowOptimizer` keeps its torch ops.
 from __future__ import annotations
 
 import logging
-import os
-from typing import Any
 
 from torch import Tensor
 
+from fm_spark.native import InlineKernel
+
 __all__ = ["adagrad", "adam", "available", "build", "ftrl", "usable"]
 
-log = logging.getLogger("fm_spark.train")
 
 _SOURCE = r"""
 #include <torch/extension.h>
@@ -169,37 +168,14 @@ void ftrl_rows(torch::Tensor weight, torch::Tensor z, torch::Tensor n, torch::Te
 }
 """
 
-_module: Any = None
-_failed = False
-
-
-def build(verbose: bool = False) -> Any:
-    """Compile (or load from torch's extension cache) the kernel; ``None`` if it cannot."""
-    global _module, _failed
-    if _module is not None or _failed:
-        return _module
-    try:
-        from torch.utils.cpp_extension import load_inline
-
-        _module = load_inline(
-            name="fm_spark_row_updates",
-            cpp_sources=_SOURCE,
-            functions=["adam_rows", "adagrad_rows", "ftrl_rows"],
-            extra_cflags=["-O3", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=verbose,
-        )
-    except Exception as exc:  # no compiler, no headers: fall back to torch ops
-        _failed = True
-        log.warning("row update C++ kernel unavailable, using torch ops: %s", str(exc)[:300])
-    return _module
-
-
-def available() -> bool:
-    """Whether row updates on the CPU may run the kernel (built here, not switched off)."""
-    if os.environ.get("FM_SPARK_ROW_KERNEL", "1") == "0":
-        return False
-    return build() is not None
+_KERNEL = InlineKernel(
+    "fm_spark_row_updates",
+    _SOURCE,
+    ["adam_rows", "adagrad_rows", "ftrl_rows"],
+    switch="FM_SPARK_ROW_KERNEL",
+)
+build = _KERNEL.build
+available = _KERNEL.available
 
 
 def usable(weight: Tensor, *state: Tensor) -> bool:
@@ -212,7 +188,7 @@ def usable(weight: Tensor, *state: Tensor) -> bool:
 
 def adam(weight: Tensor, m: Tensor, v: Tensor, ids: Tensor, g: Tensor, **kw: float) -> None:
     """Lazy Adam on rows ``ids`` in place (``beta1``, ``beta2``, ``eps``, ``step_size``)."""
-    _module.adam_rows(
+    _KERNEL.module.adam_rows(
         weight, m, v, ids.contiguous(), g.contiguous(),
         kw["beta1"], kw["beta2"], kw["eps"], kw["step_size"],
     )  # fmt: skip
@@ -220,12 +196,12 @@ def adam(weight: Tensor, m: Tensor, v: Tensor, ids: Tensor, g: Tensor, **kw: flo
 
 def adagrad(weight: Tensor, s: Tensor, ids: Tensor, g: Tensor, lr: float, eps: float) -> None:
     """Adagrad on rows ``ids`` in place."""
-    _module.adagrad_rows(weight, s, ids.contiguous(), g.contiguous(), lr, eps)
+    _KERNEL.module.adagrad_rows(weight, s, ids.contiguous(), g.contiguous(), lr, eps)
 
 
 def ftrl(weight: Tensor, z: Tensor, n: Tensor, ids: Tensor, g: Tensor, **kw: float) -> None:
     """FTRL-Proximal on rows ``ids`` in place (``alpha``, ``beta``, ``l1``, ``l2``)."""
-    _module.ftrl_rows(
+    _KERNEL.module.ftrl_rows(
         weight, z, n, ids.contiguous(), g.contiguous(),
         kw["alpha"], kw["beta"], kw["l1"], kw["l2"],
     )  # fmt: skip
