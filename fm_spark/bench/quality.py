@@ -73,6 +73,7 @@ def _tuned(cfg: Any, data: Path, work: Path, device: str, trials: int) -> dict[s
     from fm_spark.tune.study import tune
 
     spec = load_ranges(ROOT / "conf" / "tune.yaml")
+    work.mkdir(parents=True, exist_ok=True)
     base = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": device})})
     uri = f"sqlite:///{work / 'mlflow-tune.db'}"
     out = {}
@@ -218,7 +219,8 @@ def run(device: str = "cpu", quick: bool = False) -> str:
             ref = _mllib(_mllib_frames(spark, data))
             ours = _ours(cfg, data, work, device)
             trials = TUNE_TRIALS_QUICK if quick else TUNE_TRIALS
-            tuned = _tuned(cfg, data, work, device, trials)
+            # A folder per dataset: the studies of two datasets must not share trial folders.
+            tuned = _tuned(cfg, data, work / f"tuned-{cfg.name}", device, trials)
             sections.append(_table(name, ours, ref, oracle, tuned))
             print(sections[-1], file=sys.stderr, flush=True)  # partial results survive a crash
     finally:
