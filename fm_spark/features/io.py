@@ -105,14 +105,33 @@ class HadoopFS:
             return False
 
     def files(self, path: str) -> dict[str, int]:
-        """Every file under ``path`` (recursively) as relative path -> size in bytes."""
+        """Every file under ``path`` (recursively) as relative path -> size in bytes.
+
+        On the local file system a folder walk with ``listStatus``: ``listFiles`` builds a
+        ``LocatedFileStatus`` per file, which reads the file's permissions, and without
+        Hadoop's native library each read forks ``ls -ld`` (~6 ms): ~190 forks per Criteo
+        dataset, for its manifest and the check after the move. Elsewhere (HDFS, object
+        stores) ``listFiles``, one recursive listing.
+        """
         root = self.qualify(path).rstrip("/") + "/"
         out: dict[str, int] = {}
-        it = self.fs.listFiles(self._p(path), True)
-        while it.hasNext():
-            status = it.next()
+
+        def add(status: Any) -> None:
             full = self.fs.makeQualified(status.getPath()).toString()
             out[full[len(root) :] if full.startswith(root) else full] = int(status.getLen())
+
+        if self.fs.getScheme() != "file":
+            it = self.fs.listFiles(self._p(path), True)
+            while it.hasNext():
+                add(it.next())
+            return out
+        folders = [self._p(path)]
+        while folders:
+            for status in self.fs.listStatus(folders.pop()):
+                if status.isDirectory():
+                    folders.append(status.getPath())
+                else:
+                    add(status)
         return out
 
     def read_text(self, path: str) -> str:

@@ -7,8 +7,8 @@ fresh JVM spent most of the fit compiling it), ranked by a window (count desc, t
 written partitioned by field in one job as ``vocab/<field>/`` Parquet (token, count, id; rare
 tokens have id 2 so a reader can tell rare from unseen). The fitted state is the number of
 kept tokens and a digest of the vocabulary (xor of ``xxhash64(token || U+0001 || id)``), which
-goes into the field's fingerprint. Spark encodes with a left join per slot (small
-vocabularies get broadcast); numpy with a dict lookup per token.
+goes into the field's fingerprint. Spark encodes with one MLlib ``StringIndexerModel`` over
+every slot (:meth:`Vocab.spark_prepare`); numpy with a dict lookup per token.
 """
 
 from __future__ import annotations
@@ -142,18 +142,14 @@ class Vocab(TokenEncoding):
         try:
             vocab.write.partitionBy("field").parquet(staging)
             entry = F.xxhash64(F.concat_ws(_ENTRY_SEPARATOR, "token", F.col("id").cast("string")))
-            stats = {
-                r["field"]: (int(r["kept"]), f"{int(r['digest']) & (2**64 - 1):016x}")
-                for r in vocab.groupBy("field")
-                .agg(
-                    F.sum(F.when(F.col("id") >= VOCAB_FIRST_ID, 1).otherwise(0)).alias("kept"),
-                    F.bit_xor(entry).alias("digest"),
-                )
-                .collect()
-            }
+            # The digests and, for the encode, the indexer's labels in one job over the
+            # persisted vocabularies: re-reading the files just written cost a job, a file
+            # listing and ~1 s per run.
+            grouped = _grouped_labels(train.sparkSession, vocab, F.bit_xor(entry))
         finally:
             vocab.unpersist()
         spark = train.sparkSession
+        empty = _grouped_empty(spark)
         out = {}
         for e in encs:
             name = e.field.name
@@ -162,11 +158,14 @@ class Vocab(TokenEncoding):
                 fs.rename(src, dst)
             else:  # no token in train at all: an empty vocabulary, so readers find a file
                 spark.createDataFrame([], _vocab_schema()).write.parquet(dst)
-            kept, digest = stats.get(name, (0, EMPTY_VOCAB_DIGEST))
+            labels, kept, total, digest = grouped.get(name, (*empty, None))
             out[name] = {
                 "num_kept": kept,
                 "vocab_path": f"{VOCAB_DIR}/{name}",
-                "vocab_digest": digest,
+                "vocab_digest": EMPTY_VOCAB_DIGEST
+                if digest is None
+                else f"{digest & (2**64 - 1):016x}",
+                _SPARK_LABELS: (labels, kept, total),
             }
         fs.delete(staging)
         return out
@@ -179,11 +178,12 @@ class Vocab(TokenEncoding):
     def spark_prepare(cls, df: DataFrame, encodings: list[Encoding], root: str) -> DataFrame:
         """Index every vocabulary slot of the group with one MLlib ``StringIndexerModel``.
 
-        Its labels are the vocabulary in id order (kept tokens, then the rare ones), read in
-        one Spark job and handed to the model inside the JVM (nothing per token crosses to
-        Python). One indexer over all slots replaced a broadcast join per slot: 5x faster
-        (200K Criteo lines, 39 slots: 3.4 s against 18.6 s, a fresh JVM each), since a chain
-        of 39 joins copies every row 39 times and compiles into one huge generated method.
+        Its labels are the vocabulary in id order (kept tokens, then the rare ones), built in
+        the JVM by the fit (or, for a model loaded from a feature map, read in one Spark job)
+        and handed to the model there (nothing per token crosses to Python). One indexer over
+        all slots replaced a broadcast join per slot: 5x faster (200K Criteo lines, 39 slots:
+        3.4 s against 18.6 s, a fresh JVM each), since a chain of 39 joins copies every row
+        39 times and compiles into one huge generated method.
         Unseen and missing tokens both get the indexer's extra index; the local id columns
         added here tell them apart, and :meth:`spark_index` returns them.
         """
@@ -194,7 +194,10 @@ class Vocab(TokenEncoding):
         if not encs:
             return df
         spark = df.sparkSession
-        labels = _label_arrays(spark, encs, root)
+        if all(_SPARK_LABELS in e.fitted for e in encs):  # fitted in this session
+            labels = {e.field.name: e.fitted[_SPARK_LABELS] for e in encs}
+        else:  # loaded from a feature map
+            labels = _label_arrays(spark, encs, root)
         slots = [(e, tok) for e in encs for tok in e.token_columns()]
         gateway = spark.sparkContext._gateway
         jlabels = gateway.new_array(gateway.jvm.java.lang.String, len(slots), 0)
@@ -248,6 +251,9 @@ class Vocab(TokenEncoding):
         return self.vocabulary.lookup(tokens)
 
 
+# Fitted state kept in this session only (never in the feature map): the indexer's labels as
+# built in the JVM by the fit, (String[], kept, total).
+_SPARK_LABELS = "spark_labels"
 _INDEX = "_index"  # suffixes of the indexer's output column per slot, and of its local id
 _LOCAL = "_local"
 
@@ -278,25 +284,53 @@ def _label_arrays(spark: Any, encodings: list[Vocab], root: str) -> dict[str, tu
     field = F.create_map(*[F.lit(x) for kv in folder_of.items() for x in kv])[folder]
     vocab = spark.read.schema(_vocab_schema()).parquet(*paths.values())
     vocab = vocab.select(field.alias("field"), "token", "id")
+    out = {k: v[:3] for k, v in _grouped_labels(spark, vocab).items()}
+    if None in out:  # a file outside every vocabulary folder: refuse rather than mis-index
+        raise RuntimeError(f"vocabulary files under {root} do not map to fields {list(paths)}")
+    empty = _grouped_empty(spark)
+    return {e.field.name: out.get(e.field.name, empty) for e in encodings}
+
+
+def _grouped_empty(spark: Any) -> tuple[Any, int, int]:
+    """The labels of a field without any token: (empty ``String[]``, 0, 0)."""
+    gateway = spark.sparkContext._gateway
+    return gateway.new_array(gateway.jvm.java.lang.String, 0), 0, 0
+
+
+def _grouped_labels(
+    spark: Any, vocab: DataFrame, extra: Column | None = None
+) -> dict[str | None, tuple[Any, int, int, int | None]]:
+    """Per field of ``vocab`` (field, token, id): its tokens in id order (kept ids, then the
+    rare tokens by token) as a JVM ``String[]``, the kept count, the token count, and the
+    value of the ``extra`` aggregate (a long; None without one), in one Spark job.
+
+    The tokens never leave the JVM: the rows are collected as Java objects and each token
+    list turned into a ``String[]`` there.
+    """
+    from pyspark.sql import functions as F
+
+    gateway = spark.sparkContext._gateway
     rare_last = F.when(F.col("id") >= VOCAB_FIRST_ID, F.col("id")).otherwise(F.lit(2**31 - 1))
     entries = F.array_sort(F.collect_list(F.struct(rare_last.alias("k"), F.col("token"))))
-    rows = vocab.groupBy("field").agg(
+    aggs = [
         F.transform(entries, lambda x: x.getField("token")).alias("tokens"),
         F.sum(F.when(F.col("id") >= VOCAB_FIRST_ID, 1).otherwise(0)).alias("kept"),
-    )
-    empty = gateway.new_array(gateway.jvm.java.lang.String, 0)
+    ]
+    if extra is not None:
+        aggs.append(extra.alias("extra"))
+    rows = vocab.groupBy("field").agg(*aggs)
+    empty = _grouped_empty(spark)[0]
     as_strings = gateway.jvm.java.util.Arrays.copyOf  # Object[] -> String[], in the JVM
-    out = {}
+    out: dict[str | None, tuple[Any, int, int, int | None]] = {}
     for jrow in rows._jdf.collectAsList():
         tokens = gateway.jvm.java.util.ArrayList(jrow.getList(1)).toArray()
         out[jrow.getString(0)] = (
             as_strings(tokens, len(tokens), empty.getClass()),
             int(jrow.getLong(2)),
             len(tokens),
+            None if extra is None or jrow.isNullAt(3) else int(jrow.getLong(3)),
         )
-    if None in out:  # a file outside every vocabulary folder: refuse rather than mis-index
-        raise RuntimeError(f"vocabulary files under {root} do not map to fields {list(paths)}")
-    return {e.field.name: out.get(e.field.name, (empty, 0, 0)) for e in encodings}
+    return out
 
 
 def _sql_string(text: str) -> str:
