@@ -243,7 +243,7 @@ class Trainer:
         seconds = time.perf_counter() - progress.start
         valid = self._validate()
         metric = valid.get(spec.early_stopping_metric, math.nan)
-        improved = self.stopper.update(epoch, metric)
+        improved = self.stopper.update(epoch, metric, valid.get("logloss"))
         record = {
             "epoch": epoch,
             "train_loss": progress.loss_sum / steps,
