@@ -14,8 +14,9 @@ other in one Spark session, so load from other processes hits them alike:
 Goals, as ratios measured in the same run: the job at least 3x MLlib's rows/s and at least 0.5
 of the untouched rewrite's. A small warm-up round of all three runs first (JIT, class loading).
 
-Memory: peak RSS (VmHWM) of a real ``fm-spark featurize`` process tree at two input sizes,
-split into the Python driver and the JVM (driver and executor are one JVM under ``local[*]``).
+Memory: peak RSS (VmHWM) of a real ``fm-spark featurize`` process tree at two input sizes:
+the Python driver and the Spark JVM, each its own mark (driver and executor are one JVM under
+``local[*]``; see :func:`_role` for what is left out).
 Bounded means the second size does not need proportionally more.
 """
 
@@ -147,13 +148,37 @@ def _vmhwm_kib(pid: int) -> int:
     return 0
 
 
+# The Spark JVM under spark-submit: ``java ... org.apache.spark.deploy.SparkSubmit`` (the
+# launcher's short-lived ``java ... launcher.Main`` only prints the command line).
+_SPARK_SUBMIT = "org.apache.spark.deploy.SparkSubmit"
+_LAUNCHER = "org.apache.spark.launcher.Main"
+
+
+def _role(proc: Any, root: int) -> str:
+    """``driver`` (the Python process started), ``jvm`` (the Spark JVM), or ``other``.
+
+    ``other`` holds the launcher, the ``spark-class`` shells and the JVM's short-lived forks
+    (Hadoop's local file system runs shell commands: a fork of the JVM, named after the
+    forking thread, whose VmHWM reads the parent's copy-on-write pages). Classifying by
+    "not named java" counted those forks as the Python driver: the column showed the JVM's
+    mark. The shell that ``exec`` s into the JVM keeps its pid, so the role is re-read each
+    poll.
+    """
+    if proc.pid == root:
+        return "driver"
+    cmd = proc.cmdline()
+    if proc.name() == "java" and _SPARK_SUBMIT in cmd and _LAUNCHER not in cmd:
+        return "jvm"
+    return "other"
+
+
 class _TreePeak:
     """Polls a process tree's per-process VmHWM (a high-water mark, so polling cannot miss
     the peak of a process that is still alive at a poll) until stopped."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
         self.pid, self.interval = pid, interval
-        self.peaks: dict[int, tuple[str, int]] = {}
+        self.peaks: dict[int, tuple[str, str, int]] = {}  # pid -> (role, name, KiB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -176,18 +201,25 @@ class _TreePeak:
                 procs = []
             for p in procs:
                 try:
-                    name = p.name()
+                    role, name = _role(p, self.pid), p.name()
                 except psutil.Error:
                     continue
                 kib = _vmhwm_kib(p.pid)
-                # The latest name wins (spark-submit's shell execs the JVM under its pid),
-                # the largest mark too.
-                self.peaks[p.pid] = (name, max(kib, self.peaks.get(p.pid, ("", 0))[1]))
+                # The latest role and name win (the shell exec'd into the JVM keeps its
+                # pid), the largest mark too.
+                self.peaks[p.pid] = (role, name, max(kib, self.peaks.get(p.pid, ("", "", 0))[2]))
             self._stop.wait(self.interval)
 
-    def mib(self, java: bool) -> float:
-        kib = [k for name, k in self.peaks.values() if (name == "java") == java]
+    def mib(self, role: str) -> float:
+        kib = [k for r, _, k in self.peaks.values() if r == role]
         return max(kib, default=0) / 1024
+
+    def describe(self) -> str:
+        """Every process seen, for a check by eye (``FM_BENCH_FEATURES_TREE=1``)."""
+        return "\n".join(
+            f"  pid {pid} {role:6} {name:14} {kib / 1024:8,.0f} MiB"
+            for pid, (role, name, kib) in sorted(self.peaks.items())
+        )
 
 
 def _memory(root: Path, quick: bool) -> list[dict[str, Any]]:
@@ -205,17 +237,19 @@ def _memory(root: Path, quick: bool) -> list[dict[str, Any]]:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(args)} failed:\n{err.decode()[-3000:]}")
         print(
-            f"[bench] features: featurize {lines:,} lines: driver {peak.mib(java=False):,.0f} "
-            f"MiB, JVM {peak.mib(java=True):,.0f} MiB peak RSS",
+            f"[bench] features: featurize {lines:,} lines: Python driver "
+            f"{peak.mib('driver'):,.0f} MiB, JVM {peak.mib('jvm'):,.0f} MiB peak RSS",
             file=sys.stderr,
         )
+        if os.environ.get("FM_BENCH_FEATURES_TREE"):
+            print(peak.describe(), file=sys.stderr)
         out.append(
             {
                 "rows": rows,
                 "lines": lines,
                 "input_mib": path.stat().st_size / 2**20,
-                "python": peak.mib(java=False),
-                "jvm": peak.mib(java=True),
+                "python": peak.mib("driver"),
+                "jvm": peak.mib("jvm"),
                 "seconds": seconds,
             }
         )
@@ -286,9 +320,10 @@ def _markdown(
         f"- `featurize` / untouched rewrite: {verdict(vs_rewrite, GOAL_VS_REWRITE)}",
         f"- `featurize` stages: {stages}",
         "",
-        "Peak RSS (VmHWM, MiB) of a whole `fm-spark featurize` process tree (a fresh process "
-        "per size): the Python driver, and the JVM (driver and executor in one under "
-        "`local[*]`; its heap is capped by `spark.driver.memory`):",
+        "Peak RSS (VmHWM, MiB) in a `fm-spark featurize` process tree (a fresh process "
+        "per size): the Python driver (the process started), and the Spark JVM (driver and "
+        "executor in one under `local[*]`; its heap is capped by `spark.driver.memory`); the "
+        "launcher, shells and the JVM's short-lived forks for shell commands are left out:",
         "",
         "| input lines | input MiB | Python driver MiB | JVM MiB | run s | rows/s |",
         "|---:|---:|---:|---:|---:|---:|",
