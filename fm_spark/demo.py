@@ -74,7 +74,11 @@ def _train(cfg, workdir: Path, model: str) -> dict:
         shutil.rmtree(run_dir)
     t = _step(f"train {model} (Petastorm -> torch) -> {run_dir}")
     metrics = train(cfg, data_dir=str(workdir / "features"), model=model, output=run_dir)
-    brief = {k: metrics[k] for k in ("best_epoch", "epochs_run", "train_seconds") if k in metrics}
+    brief = {
+        k: metrics[k]
+        for k in ("best_epoch", "epochs_run", "train_seconds", "seconds_to_best")
+        if k in metrics
+    }
     brief.update(valid=metrics.get("valid"), test=metrics.get("test"))
     click.echo(json.dumps(brief, sort_keys=True))
     click.echo(f"   {time.perf_counter() - t:.1f}s", err=True)

@@ -135,6 +135,19 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert restored == stop
 
 
+def test_auc_stopping_gives_a_tie_to_the_better_logloss() -> None:
+    """A 20K-row FwFM run kept epoch 1 (valid AUC 0.71352) over epoch 2 (0.71349, logloss
+    0.520 against 0.537): the same ranking, a much better model."""
+    stop = EarlyStopping("auc", patience=2)
+    assert stop.update(1, 0.71352, 0.537)
+    assert stop.update(2, 0.71349, 0.520)  # a tie, better calibrated
+    assert not stop.update(3, 0.71351, 0.530)  # a tie, worse logloss
+    assert not stop.update(4, 0.7130, 0.510)  # a real AUC loss is never a tie
+    assert stop.best_epoch == 2 and stop.should_stop
+    assert stop.best_value == 0.71352  # ties never lower the bar
+    assert EarlyStopping("auc").update(1, 0.7, None)
+
+
 # -- refused before training starts -----------------------------------------------------------
 
 

@@ -48,6 +48,18 @@ def test_url_for_local_paths_and_pass_through(tmp_path: Path) -> None:
     assert dataset_url("hdfs://nn:8020/data/x/") == "hdfs://nn:8020/data/x"
 
 
+def test_a_folder_with_plus_and_space_in_its_name_reads(small: Path, tmp_path: Path) -> None:
+    """as_uri() would write '%2B' / '%20', which Petastorm does not decode: "no such path"."""
+    import shutil
+
+    odd = tmp_path / "run+1 copy"
+    shutil.copytree(small, odd)
+    fmap = FeatureMap.load(odd)
+    layout = split_layout(dataset_url(odd / "train"), fmap.column_names)
+    assert layout.rows == 5_000
+    assert _rows_read(layout.url, fmap) == 5_000
+
+
 def test_petastorm_seed_is_never_zero() -> None:
     seeds = {petastorm_seed(s, e) for s in range(50) for e in range(20)}
     assert 0 not in seeds

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import yaml
 
 from fm_spark.config import DatasetConfig, TrainSpec
 from fm_spark.features.feature_map import FeatureMap
+from fm_spark.train.early_stopping import EarlyStopping
 from fm_spark.train.metrics import evaluate
 
 
@@ -105,7 +105,8 @@ def run_one(
     tr = splits["train"]
     gen = torch.Generator().manual_seed(seed)
     history = []
-    best = (math.inf, 0, None)
+    best = None
+    stopper = EarlyStopping(spec.early_stopping_metric, patience)
     started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         perm = torch.randperm(n, generator=gen)
@@ -120,20 +121,21 @@ def run_one(
             rec[split] = {"auc": m["auc"], "logloss": m["logloss"]}
         rec["seconds"] = time.perf_counter() - started
         history.append(rec)
-        if rec["valid"]["logloss"] < best[0]:
-            best = (rec["valid"]["logloss"], epoch, rec)
-        elif epoch - best[1] >= patience:
+        # `fm-spark train`'s own rule (its metric, tie-break and patience).
+        if stopper.update(epoch, rec["valid"][spec.early_stopping_metric], rec["valid"]["logloss"]):
+            best = rec
+        elif stopper.should_stop:
             break
         if rec["seconds"] > time_limit:
             break
-    chosen = best[2] or history[-1]
+    chosen = best or history[-1]
     peak_auc = max(history, key=lambda r: r["valid"]["auc"])
     return {
         "model": model,
         **train_over,
         "fitted_batch_size": spec.batch_size,
         "fitted_lr": spec.lr,
-        "best_epoch": best[1],
+        "best_epoch": chosen["epoch"],
         "epochs_run": len(history),
         "valid_auc": chosen["valid"]["auc"],
         "valid_logloss": chosen["valid"]["logloss"],

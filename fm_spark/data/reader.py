@@ -61,7 +61,9 @@ def dataset_url(path: str | Path) -> str:
     text = str(path)
     if "://" in text:
         return text.rstrip("/")
-    return Path(text).expanduser().resolve().as_uri()
+    # Not Path.as_uri(): it percent-encodes ('+' -> '%2B', ' ' -> '%20') and Petastorm's
+    # filesystem resolution does not decode, so such a folder "does not exist".
+    return "file://" + Path(text).expanduser().resolve().as_posix()
 
 
 def petastorm_seed(seed: int, epoch: int) -> int:

@@ -244,7 +244,13 @@ def log_training_results(
         for k, v in (metrics.get(split) or {}).items():
             if isinstance(v, int | float):
                 final[f"{split}_{k}"] = float(v)
-    for k in ("train_seconds", "epochs_run", "best_epoch", "train_samples_per_s"):
+    for k in (
+        "train_seconds",
+        "seconds_to_best",
+        "epochs_run",
+        "best_epoch",
+        "train_samples_per_s",
+    ):
         if isinstance(metrics.get(k), int | float):
             final[k] = float(metrics[k])
     mlflow.log_metrics(final)

@@ -254,11 +254,23 @@ def train(
         "feature_map_hash": fmap.config_hash,
         "train_rows": layouts["train"].rows,
         "train_seconds": train_seconds,
+        "seconds_to_best": seconds_to_best(train_seconds, summary),
         **summary,
         **evaluated,
     }
     _write_json(run_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def seconds_to_best(train_seconds: float, summary: dict[str, Any]) -> float:
+    """Training time until the best epoch was validated: the run less the epochs after it,
+    which only early stopping's patience needed. It is the "time to that quality" a comparison
+    with a fixed-budget trainer (MLlib's ``fit``) is about."""
+    best = summary.get("best_epoch") or 0
+    after = sum(
+        h.get("epoch_seconds", h["seconds"]) for h in summary["history"] if h["epoch"] > best
+    )
+    return max(train_seconds - after, 0.0)
 
 
 def _worker_batch_size(batch_size: int, workers: int) -> int:

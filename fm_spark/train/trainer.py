@@ -23,8 +23,9 @@ it: picklable objects (they travel to the workers with the job) with either or b
 
 - ``on_epoch_end(epoch: int, record: dict)``: called on rank 0 after each epoch's
   validation, once that epoch's checkpoint (and best weights, if it improved) are written.
-  ``record`` is a copy of the epoch's history entry: ``epoch``, ``train_loss``, ``seconds``,
-  ``samples_per_s`` (global, all workers) and ``valid`` (the metrics dict of
+  ``record`` is a copy of the epoch's history entry: ``epoch``, ``train_loss``, ``seconds``
+  (training steps only), ``epoch_seconds`` (with validation), ``samples_per_s`` (global, all
+  workers) and ``valid`` (the metrics dict of
   :func:`~fm_spark.train.evaluate.evaluate_split`).
 - ``on_train_end(summary: dict)``: called on rank 0 once, with the summary
   :func:`train_worker` returns (``history`` included), when training ends normally.
@@ -242,13 +243,15 @@ class Trainer:
         seconds = time.perf_counter() - progress.start
         valid = self._validate()
         metric = valid.get(spec.early_stopping_metric, math.nan)
-        improved = self.stopper.update(epoch, metric)
+        improved = self.stopper.update(epoch, metric, valid.get("logloss"))
         record = {
             "epoch": epoch,
             "train_loss": progress.loss_sum / steps,
             "seconds": seconds,
             "samples_per_s": steps * self.job.worker_batch_size * ctx.world_size / seconds,
             "valid": valid,
+            # The epoch's wall time with its validation: what "seconds to the best epoch" adds.
+            "epoch_seconds": time.perf_counter() - progress.start,
         }
         self.history.append(record)
         rng = ctx.all_gather(checkpoint.capture_rng())
