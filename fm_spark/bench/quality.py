@@ -215,9 +215,31 @@ def _prepare(work: Path, quick: bool) -> list[tuple[str, Path, Path, float | Non
     return out
 
 
-def run(device: str = "cpu", quick: bool = False) -> str:
+def _dataset(
+    spark: Any,
+    name: str,
+    conf: Path,
+    log: Path,
+    oracle: float | None,
+    work: Path,
+    device: str,
+    trials: int,
+) -> str:
+    """One dataset's table: featurize, MLlib's grids, ours at defaults, ``trials`` tune trials."""
     from fm_spark.config import load_config
     from fm_spark.features.job import featurize
+
+    cfg = load_config(conf)
+    data = work / f"features-{cfg.name}"
+    featurize(cfg, str(log), str(data), spark=spark)
+    ref = _mllib(_mllib_frames(spark, data))
+    ours = _ours(cfg, data, work, device)
+    # A folder per dataset: the studies of two datasets must not share trial folders.
+    tuned = _tuned(cfg, data, work / f"tuned-{cfg.name}", device, trials) if trials else None
+    return _table(name, ours, ref, oracle, tuned)
+
+
+def run(device: str = "cpu", quick: bool = False) -> str:
     from fm_spark.spark import get_spark
 
     started = time.perf_counter()
@@ -226,16 +248,9 @@ def run(device: str = "cpu", quick: bool = False) -> str:
     sections = []
     try:
         datasets = _prepare(work, quick)
+        trials = TUNE_TRIALS_QUICK if quick else TUNE_TRIALS
         for name, conf, log, oracle in datasets:
-            cfg = load_config(conf)
-            data = work / f"features-{cfg.name}"
-            featurize(cfg, str(log), str(data), spark=spark)
-            ref = _mllib(_mllib_frames(spark, data))
-            ours = _ours(cfg, data, work, device)
-            trials = TUNE_TRIALS_QUICK if quick else TUNE_TRIALS
-            # A folder per dataset: the studies of two datasets must not share trial folders.
-            tuned = _tuned(cfg, data, work / f"tuned-{cfg.name}", device, trials)
-            sections.append(_table(name, ours, ref, oracle, tuned))
+            sections.append(_dataset(spark, name, conf, log, oracle, work, device, trials))
             print(sections[-1], file=sys.stderr, flush=True)  # partial results survive a crash
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -311,9 +326,7 @@ def generated_only(rows: int, trials: int, device: str = "cpu") -> str:
     hour on 2 cores, most of it FMClassifier's grid and the trials; this is its 1M-row
     defaults-against-MLlib part on its own.
     """
-    from fm_spark.config import load_config
     from fm_spark.datagen import generate
-    from fm_spark.features.job import featurize
     from fm_spark.spark import get_spark
 
     started = time.perf_counter()
@@ -321,14 +334,10 @@ def generated_only(rows: int, trials: int, device: str = "cpu") -> str:
     work = Path(tempfile.mkdtemp(prefix="fm-spark-quality-"))
     try:
         log = work / "generated.tsv"
-        meta = generate(format="criteo", rows=rows, seed=0, output=log)
-        cfg = load_config(ROOT / "conf" / "criteo.yaml")
-        data = work / "features"
-        featurize(cfg, str(log), str(data), spark=spark)
-        ref = _mllib(_mllib_frames(spark, data))
-        ours = _ours(cfg, data, work, device)
-        tuned = _tuned(cfg, data, work / "tuned", device, trials) if trials else None
-        table = _table(f"generated {rows:,} rows", ours, ref, meta["oracle"]["auc"], tuned)
+        oracle = generate(format="criteo", rows=rows, seed=0, output=log)["oracle"]["auc"]
+        conf = ROOT / "conf" / "criteo.yaml"
+        name = f"generated {rows:,} rows"
+        table = _dataset(spark, name, conf, log, oracle, work, device, trials)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return f"{table}\n_Measured in {time.perf_counter() - started:.0f} s._\n"
