@@ -238,3 +238,15 @@ def test_tables_share_one_unique_per_batch() -> None:
     again = net.embedding.lookups[0]
     assert again.ids is not factors.ids
     assert torch.equal(again.ids[again.inverse].view(ids.shape), ids)
+
+
+@pytest.mark.parametrize("high", [1, 50, 3_000, 10_000_000])
+def test_deduplicate_agrees_with_torch_unique_dense_or_sparse_ids(high: int) -> None:
+    """Small id ranges take the bincount path, wide ones the sort; both are ``torch.unique``."""
+    from fm_spark.models.layers import _unique
+
+    flat = torch.randint(0, high, (4_096,), generator=torch.Generator().manual_seed(high))
+    want = torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
+    for got, expected in zip(_unique(flat), want, strict=True):
+        assert got.dtype == expected.dtype
+        assert torch.equal(got, expected)

@@ -73,9 +73,28 @@ def deduplicate(index: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     last = _last_unique
     if version is not None and last is not None and last[0] is index and last[1] == version:
         return last[2]
-    result = torch.unique(index.reshape(-1), sorted=True, return_inverse=True, return_counts=True)
+    result = _unique(index.reshape(-1))
     _last_unique = None if version is None else (index, version, result)
     return result
+
+
+# ``bincount`` over ids below this many per looked-up id: its O(ids + max id) pass beats
+# ``unique``'s sort (5x on a MovieLens batch: 13k ids into 3.5k rows) while the count
+# vector stays a small multiple of the batch.
+_BINCOUNT_SPAN = 8
+
+
+def _unique(flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)``."""
+    if flat.numel() and flat.device.type == "cpu":
+        lo, hi = torch.aminmax(flat)
+        span = int(hi) + 1
+        if span <= _BINCOUNT_SPAN * flat.numel() and int(lo) >= 0:
+            counts = torch.bincount(flat, minlength=span)
+            present = counts > 0
+            ids = present.nonzero().squeeze(1)
+            return ids, (torch.cumsum(present, 0) - 1)[flat], counts[ids]
+    return torch.unique(flat, sorted=True, return_inverse=True, return_counts=True)
 
 
 class RowTable(nn.Embedding):
