@@ -240,7 +240,7 @@ def test_tables_share_one_unique_per_batch() -> None:
     assert torch.equal(again.ids[again.inverse].view(ids.shape), ids)
 
 
-@pytest.mark.parametrize("high", [1, 50, 3_000, 10_000_000])
+@pytest.mark.parametrize("high", [1, 50, 1_500, 3_000, 10_000_000])
 def test_deduplicate_agrees_with_torch_unique_dense_or_sparse_ids(high: int) -> None:
     """Small id ranges take the bincount path, wide ones the sort; both are ``torch.unique``."""
     from fm_spark.models.layers import _unique
