@@ -244,6 +244,9 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reader_pool: Literal["thread", "dummy"] = "thread"
     reader_workers: PositiveInt = 2
+    # torch intra-op threads per CPU worker; 0 = auto: one core left to the reader, except
+    # for FFM, whose pair kernel uses them all (fm_spark/train/threads.py).
+    threads: int = Field(default=0, ge=0)
     log_every_steps: PositiveInt = 50
     # Small splits: the batch shrinks to give an epoch at least this many steps, and the
     # learning rate follows it (fm_spark/train/sizing.py; README, Defaults).

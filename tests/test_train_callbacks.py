@@ -79,3 +79,32 @@ def test_a_failing_callback_stops_training_with_its_name(planted, tmp_path: Path
     data, _ = planted
     with pytest.raises(TrainError, match=r"Broken\.on_epoch_end failed: tracking server"):
         train_worker(_job(data, tmp_path / "run", (Broken(),), epochs=1))
+
+
+class Threads:
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def on_epoch_end(self, epoch: int, record: dict[str, Any]) -> None:
+        import torch
+
+        self.seen.append(torch.get_num_threads())
+
+
+def test_a_cpu_worker_leaves_the_reader_a_core_and_restores_the_callers_threads(
+    planted, tmp_path: Path
+) -> None:
+    """``train.threads`` auto: LR trains on one thread fewer than the caller's 2, and the
+    caller (tune, the benchmarks) gets its 2 back after the run."""
+    import torch
+
+    data, _ = planted
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen = Threads()
+        train_worker(_job(data, tmp_path / "run", (seen,), epochs=1))
+        assert seen.seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

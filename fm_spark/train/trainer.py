@@ -63,6 +63,7 @@ from fm_spark.train.logs import log, setup_logging
 from fm_spark.train.progress import Progress
 from fm_spark.train.row_exchange import RowExchange
 from fm_spark.train.step import NonFiniteStep, StepFn, non_finite_message
+from fm_spark.train.threads import intra_op_threads
 
 __all__ = ["WorkerJob", "train_worker"]
 
@@ -96,6 +97,10 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     setup_logging()
     cfg = DatasetConfig.model_validate(job.config)
     ctx = WorkerContext.start(cfg.train.device, job.distributed)
+    threads = intra_op_threads(cfg.train, job.model, ctx.distributed)
+    before = torch.get_num_threads()
+    if threads is not None and ctx.device.type == "cpu":
+        torch.set_num_threads(threads)
     if not ctx.is_main:
         logging.getLogger("fm_spark").setLevel(logging.WARNING)
     try:
@@ -105,6 +110,7 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
             record_failure(job.run_dir, ctx.rank, exc)
         raise
     finally:
+        torch.set_num_threads(before)  # an in-process caller (tune, the benchmarks) keeps its own
         ctx.close()
 
 

@@ -1,0 +1,31 @@
+"""Intra-op threads of a CPU worker (fm_spark/train/threads.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fm_spark.config import TrainSpec
+from fm_spark.train.threads import intra_op_threads
+
+
+@pytest.fixture
+def four_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_auto_leaves_the_reader_a_core_but_ffm_keeps_every_core(four_threads) -> None:
+    auto = TrainSpec()
+    assert auto.threads == 0
+    assert [intra_op_threads(auto, m, False) for m in ("lr", "fm", "fwfm", "poly2")] == [3] * 4
+    assert intra_op_threads(auto, "ffm", False) is None
+    torch.set_num_threads(1)
+    assert intra_op_threads(auto, "fm", False) == 1  # never 0
+
+
+def test_explicit_threads_win_and_auto_leaves_distributed_workers_alone() -> None:
+    assert intra_op_threads(TrainSpec(threads=2), "ffm", True) == 2
+    assert intra_op_threads(TrainSpec(), "fm", True) is None
