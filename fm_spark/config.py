@@ -213,9 +213,9 @@ class TrainSpec(_Strict):
     # Defaults measured on MovieLens-100K and generated logs of 20K-1M rows (README, Defaults;
     # `python -m fm_spark.bench.defaults`): Adam at 0.003 with batches of 1,024 was best or
     # within noise of best for every model; per-occurrence L2 (l2_*) up to 1e-2 changed
-    # nothing, a prior on every row (prior_l2_*) 16/16 lifted FFM on every generated log by
-    # 0.004-0.006 at no cost beyond noise on MovieLens; no run improved after 2 epochs without
-    # progress.
+    # nothing, a prior on every factor row (prior_l2_embed) of 16 lifted FFM on every generated
+    # log by 0.004-0.006 at no cost beyond noise on MovieLens, and one of 4 on the weight rows
+    # lifted MovieLens' LR by 0.010; no run improved after 2 epochs without progress.
     optimizer: Literal["adam", "adagrad", "ftrl"] = "adam"
     lr: float = Field(default=3e-3, gt=0)  # FTRL's alpha when optimizer is ftrl
     # FTRL-Proximal's beta, L1 and L2 (McMahan et al., 2013); unused by adam and adagrad.
