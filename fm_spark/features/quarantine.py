@@ -51,6 +51,7 @@ __all__ = [
     "UNDECODABLE",
     "WRONG_COLUMN_COUNT",
     "Rule",
+    "good_rows",
     "label_value",
     "numeric_value",
     "parse_rules",
@@ -68,6 +69,7 @@ REASON = "_reason"
 DETAIL = "_detail"
 LABEL = "_label"
 _FAILURE = "_failure"
+_KEEP = "_keep"
 
 
 def label_value(label: LabelSpec, col: Column) -> Column:
@@ -168,3 +170,18 @@ def with_reason(df: DataFrame, rules: list[Rule], label: LabelSpec) -> DataFrame
         )
         .drop(_FAILURE)
     )
+
+
+def good_rows(df: DataFrame) -> DataFrame:
+    """The rows of ``with_reason(df, ...)`` that no rule failed, without a cache in between.
+
+    Not ``df.where(_reason IS NULL)``: the optimizer pushes that filter below the projection
+    that computes ``_reason``, so every rule lands inline in the filter's predicate, and
+    whole-stage codegen keeps a predicate inside the row loop (it splits projections into
+    methods, not predicates). With Criteo's 18 rules that loop is one 22.6 KB method, too long
+    for the JIT to compile soon, so the promotion holdout of 200K lines took 10-18 s instead
+    of 0.8-3 s. Exploding a one- or zero-element array drops the same rows after the
+    projection, which the optimizer cannot push a generator's condition through.
+    """
+    keep = F.when(F.col(REASON).isNull(), F.array(F.lit(True))).otherwise(F.array())
+    return df.select("*", F.explode(keep).alias(_KEEP)).drop(_KEEP)

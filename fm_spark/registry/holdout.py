@@ -38,7 +38,7 @@ def split_rows(spark: Any, cfg: DatasetConfig, input_path: str | list[str], spli
     missing = null) and ``_label``; exactly the rows the feature job put in that split."""
     from pyspark.sql import functions as F
 
-    from fm_spark.features.quarantine import LABEL, REASON, parse_rules, split_key_rule
+    from fm_spark.features.quarantine import LABEL, good_rows, parse_rules, split_key_rule
     from fm_spark.features.quarantine import with_reason as add_reason
     from fm_spark.features.source import read_raw
     from fm_spark.features.split import SPLIT_KEY, assign, cut_points, split_key
@@ -48,7 +48,7 @@ def split_rows(spark: Any, cfg: DatasetConfig, input_path: str | list[str], spli
     rule = split_key_rule(cfg.split)
     if rule is not None:
         rules.append(rule)
-    good = add_reason(raw, rules, cfg.label).where(F.col(REASON).isNull())
+    good = good_rows(add_reason(raw, rules, cfg.label))
     keyed = good.withColumn(SPLIT_KEY, split_key(cfg.split))
     cuts = cut_points(cfg.split, keyed)
     rows = keyed.where(assign(F.col(SPLIT_KEY), cuts) == F.lit(split))
