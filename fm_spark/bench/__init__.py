@@ -1,7 +1,8 @@
-"""``python -m fm_spark.bench``: run benchmark sections and write them to one Markdown file.
+"""``python -m fm_spark.bench``: run benchmark sections and merge them into one Markdown file.
 
 A section is a module with ``run(device: str = "cpu", quick: bool = False) -> str`` returning
-Markdown. To add one, add its name and import path to :data:`SECTIONS`.
+Markdown, starting with its heading. To add one, add its name and import path to
+:data:`SECTIONS`. Only the sections run are replaced in the file (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import platform
 import shlex
 import sys
 from pathlib import Path
+
+from fm_spark.bench.report import ReportError, merge, write_report
 
 SECTIONS: dict[str, str] = {
     "models": "fm_spark.bench.models",
@@ -34,8 +37,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_header(device: str, command: str) -> str:
-    """Who measured what, where: numbers without this are not comparable across runs."""
+def provenance(device: str, command: str) -> str:
+    """Who measured what, where: numbers without this are not comparable across runs. One
+    line per section, since a file's sections come from different runs."""
     import torch
 
     if device.startswith("cuda") and torch.cuda.is_available():
@@ -47,20 +51,22 @@ def machine_header(device: str, command: str) -> str:
     except OSError:
         load = "n/a"
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return "\n".join(
-        [
-            "# fm-spark benchmarks",
-            "",
-            f"- date: {now}",
-            f"- machine: {_cpu_model()}, {os.cpu_count()} CPUs, {platform.system()} "
-            f"{platform.release()}, Python {platform.python_version()}",
-            f"- torch {torch.__version__}, {torch.get_num_threads()} intra-op threads (default), "
-            f"device `{device}` (accelerator: {accel})",
-            f"- load average at start (1, 5, 15 min): {load}",
-            f"- command: `{command}`",
-            "",
-        ]
+    return (
+        f"_Measured {now} with `{command}`: {_cpu_model()}, {os.cpu_count()} CPUs, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads), "
+        f"device `{device}` (accelerator: {accel}); load average at start (1, 5, 15 min): "
+        f"{load}._"
     )
+
+
+def with_provenance(body: str, line: str) -> str:
+    """The section's Markdown with ``line`` under its own heading (first line), if it has
+    one, else above it."""
+    heading, _, rest = body.strip().partition("\n")
+    if heading.startswith("#"):
+        return f"{heading}\n\n{line}\n{rest}"
+    return f"{line}\n\n{body.strip()}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
     raw = sys.argv[1:] if argv is None else argv
     command = shlex.join(["python", "-m", "fm_spark.bench", *raw])
-    parts = [machine_header(args.device, command)]
+    out = Path(args.out)
+    try:  # refuse a foreign or broken file before minutes of measuring, not after
+        existing = out.read_text(encoding="utf-8") if out.exists() else None
+        merge(existing, dict.fromkeys(names, ""), str(out))
+    except ReportError as exc:
+        parser.error(str(exc))
     for name in names:
         print(f"[bench] running section {name!r} ...", file=sys.stderr, flush=True)
         module = importlib.import_module(SECTIONS[name])
-        parts.append(module.run(device=args.device, quick=args.quick).rstrip() + "\n")
-    out = Path(args.out)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    print(f"[bench] wrote {out}", file=sys.stderr)
+        header = provenance(args.device, command)
+        body = module.run(device=args.device, quick=args.quick)
+        # Written after each section: a run that dies later keeps what it measured.
+        write_report(out, {name: with_provenance(body, header)})
+        print(f"[bench] wrote section {name!r} to {out}", file=sys.stderr)
     return 0
