@@ -13,11 +13,11 @@ overwritten.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+
+from fm_spark.atomic import write_text_atomic
 
 __all__ = ["TITLE", "ReportError", "begin_marker", "end_marker", "merge", "write_report"]
 
@@ -78,17 +78,6 @@ def merge(existing: str | None, blocks: Mapping[str, str], path: str = "BENCHMAR
 
 
 def write_report(path: Path, blocks: Mapping[str, str]) -> None:
-    """Merge ``blocks`` into ``path`` and replace it atomically (a killed run leaves the old
-    file whole)."""
+    """Merge ``blocks`` into ``path``, replacing it whole (a killed run leaves the old file)."""
     existing = path.read_text(encoding="utf-8") if path.exists() else None
-    text = merge(existing, blocks, str(path))
-    mode = path.stat().st_mode & 0o777 if existing is not None else 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, merge(existing, blocks, str(path)))

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fm_spark.atomic import write_text_atomic
 from fm_spark.config import DatasetConfig, config_hash
 from fm_spark.features.feature_map import FEATURE_MAP_FILE, FeatureMap
 from fm_spark.train import checkpoint
@@ -167,9 +167,7 @@ def _check_same_features(run_dir: Path, fmap: FeatureMap) -> None:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def train(

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fm_spark.atomic import write_text_atomic
 from fm_spark.config import DatasetConfig, parse_config
 from fm_spark.train.errors import TrainError
 from fm_spark.tune.space import TuneSpec, config_keys
@@ -85,12 +85,6 @@ def _overlay(params: dict[str, Any]) -> dict[str, Any]:
             node = node.setdefault(key, {})
         node[last] = value
     return nested
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _requeue_interrupted(study: Any) -> None:
@@ -206,7 +200,7 @@ def tune(
         best = study.best_trial
         best_params = config_keys(best.params, model)
         overlay_path = output / BEST_FILE
-        _write_atomic(overlay_path, yaml.safe_dump(_overlay(best_params), sort_keys=True))
+        write_text_atomic(overlay_path, yaml.safe_dump(_overlay(best_params), sort_keys=True))
         mlflow.set_tags({f"best.{k}": str(v) for k, v in best_params.items()})
         mlflow.set_tag("best.trial", str(best.number))
         mlflow.log_metric(f"best_valid_{spec.metric}", float(best.value), step=len(study.trials))
