@@ -244,6 +244,10 @@ class TrainSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     reader_pool: Literal["thread", "dummy"] = "thread"
     reader_workers: PositiveInt = 2
+    # The validation split, scored after every epoch, is read once and kept in memory when
+    # its tensors fit this many MiB (0: read it from Parquet every epoch). On MovieLens-100K
+    # re-reading it was a fifth of an FwFM epoch (README, Training).
+    valid_cache_mb: int = Field(default=256, ge=0)
     # torch intra-op threads per CPU worker; 0 = auto: one core left to the reader, except
     # for FFM, whose pair kernel uses them all (fm_spark/train/threads.py).
     threads: int = Field(default=0, ge=0)

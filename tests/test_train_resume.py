@@ -71,9 +71,14 @@ def _kill_inside_epoch_two(cmd: list[str], run: Path, log: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def test_killed_run_resumes_to_the_same_result(planted, tmp_path: Path) -> None:
+# The train split (40,000 rows) streams through a shuffling buffer of 10,000 rows, or fits one
+# of 40,000 and is permuted in memory (fm_spark/data/in_memory.py): both replay an epoch.
+@pytest.mark.parametrize("shuffle_buffer", [10_000, 40_000], ids=["streamed", "in-memory"])
+def test_killed_run_resumes_to_the_same_result(
+    planted, tmp_path: Path, shuffle_buffer: int
+) -> None:
     data, _ = planted
-    cfg = write_config(tmp_path / "config.yaml", **SETTINGS)
+    cfg = write_config(tmp_path / "config.yaml", **SETTINGS, shuffle_buffer=shuffle_buffer)
     run = tmp_path / "killed"
     _kill_inside_epoch_two(_command(cfg, data, run), run, tmp_path / "killed.log")
     state = torch.load(run / "checkpoint.pt", weights_only=True)

@@ -1,9 +1,11 @@
 """Field-indexed Parquet -> ``(ids, values, label)`` torch batches, through Petastorm.
 
-Training never loads a split whole: Petastorm's ``make_batch_reader`` streams row groups (one
-shard of them per worker, ``cur_shard``/``shard_count``) and ``BatchedDataLoader`` draws
-batches from a bounded shuffling buffer. Memory is therefore bounded by the buffer plus a few
-row groups in flight, whatever the size of the data.
+Training never loads more than its shuffling buffer: Petastorm's ``make_batch_reader`` streams
+row groups (one shard of them per worker, ``cur_shard``/``shard_count``) and
+``BatchedDataLoader`` draws batches from a bounded shuffling buffer. Memory is therefore bounded
+by the buffer plus a few row groups in flight, whatever the size of the data. (A shard that
+fits the buffer whole is read once and permuted in memory each epoch instead:
+:mod:`fm_spark.data.in_memory`.)
 
 Petastorm hands each row group over as one numpy array per Parquet column. Before the
 shuffling buffer sees them, :class:`_PackedReader` stacks the id columns into one

@@ -218,6 +218,8 @@ def train(
         distributed=spec.workers > 1,
         resume=resume,
         callbacks=tuple(callbacks),
+        train_shard_rows=max(layouts["train"].shard_rows(spec.workers)),
+        valid_rows=layouts["valid"].rows,
     )
     started = time.perf_counter()
     summary = _run_workers(job, spec.workers, spec.device)

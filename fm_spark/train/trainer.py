@@ -41,6 +41,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import torch
 from torch import nn
 
 from fm_spark.config import DatasetConfig
+from fm_spark.data.in_memory import batches_of, bytes_per_row, read_shard
 from fm_spark.data.reader import Batch, open_batches, petastorm_seed
 from fm_spark.features.feature_map import FeatureMap
 from fm_spark.train import checkpoint
@@ -56,7 +58,7 @@ from fm_spark.train.decay import RowDecay
 from fm_spark.train.distributed import WorkerContext
 from fm_spark.train.early_stopping import EarlyStopping
 from fm_spark.train.errors import NonFiniteLossError, TrainError
-from fm_spark.train.evaluate import evaluate_split
+from fm_spark.train.evaluate import evaluate_batches, evaluate_split
 from fm_spark.train.factory import build, make_optimizers, model_hparams
 from fm_spark.train.failure import record_failure
 from fm_spark.train.logs import log, setup_logging
@@ -83,6 +85,11 @@ class WorkerJob:
     worker_batch_size: int
     distributed: bool = False
     resume: bool = False
+    # Rows of the largest worker's train shard and of the validation split (Parquet
+    # footers): whether a shard fits the shuffling buffer, the validation split
+    # train.valid_cache_mb (0: unknown, read them from Parquet every epoch).
+    train_shard_rows: int = 0
+    valid_rows: int = 0
     # Picklable objects with on_epoch_end(epoch, record) and/or on_train_end(summary): see
     # the module docstring. Called on rank 0 only.
     callbacks: tuple[Any, ...] = ()
@@ -135,6 +142,8 @@ class Trainer:
         self.fmap = FeatureMap.load(job.feature_map)
         self.rss_at_start = _rss()
         self.steps_run = 0
+        self.train_rows: Batch | None = None  # this worker's shard, when kept in memory
+        self.valid_rows: Batch | None = None
 
     # -- setup ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -215,19 +224,7 @@ class Trainer:
         )
         self.model.train()
         try:
-            with open_batches(
-                self.job.train_url,
-                self.fmap,
-                batch_size=self.job.worker_batch_size,
-                shuffle=True,
-                seed=petastorm_seed(spec.seed, epoch),
-                shuffle_buffer=spec.shuffle_buffer,
-                cur_shard=ctx.rank,
-                shard_count=ctx.world_size,
-                pool=spec.reader_pool,
-                workers=spec.reader_workers,
-                pin_memory=ctx.device.type == "cuda",
-            ) as batches:
+            with self._train_batches(epoch) as batches:
                 for step, batch in enumerate(self._exact(batches, steps), start=1):
                     try:
                         loss = step_fn(batch)
@@ -286,6 +283,35 @@ class Trainer:
                 )
             _notify(self.job.callbacks, "on_epoch_end", epoch, record)
 
+    def _train_batches(self, epoch: int) -> AbstractContextManager[Iterator[Batch]]:
+        """This epoch's batches of this worker's shard, in the order the epoch's seed draws.
+
+        A shard no larger than the shuffling buffer is read once and permuted in memory each
+        epoch (:mod:`fm_spark.data.in_memory`: the buffer would hold it whole anyway); a
+        larger one streams through Petastorm's reader and shuffling buffer every epoch.
+        """
+        spec, ctx = self.spec, self.ctx
+        seed = petastorm_seed(spec.seed, epoch)
+        shard = {"cur_shard": ctx.rank, "shard_count": ctx.world_size}
+        read = {"pool": spec.reader_pool, "workers": spec.reader_workers}
+        pin = ctx.device.type == "cuda"
+        if 0 < self.job.train_shard_rows <= spec.shuffle_buffer:
+            if self.train_rows is None:
+                self.train_rows = read_shard(self.job.train_url, self.fmap, **shard, **read)
+            size = self.job.worker_batch_size
+            return nullcontext(batches_of(self.train_rows, size, seed=seed, pin_memory=pin))
+        return open_batches(
+            self.job.train_url,
+            self.fmap,
+            batch_size=self.job.worker_batch_size,
+            shuffle=True,
+            seed=seed,
+            shuffle_buffer=spec.shuffle_buffer,
+            pin_memory=pin,
+            **shard,
+            **read,
+        )
+
     def _exact(self, batches: Iterator[Batch], steps: int) -> Iterator[Batch]:
         """Exactly ``steps`` full batches; a shard that runs dry is an error, not a hang."""
         for step in range(1, steps + 1):
@@ -302,15 +328,23 @@ class Trainer:
         """Rank 0 scores the validation split; every rank gets the same numbers."""
         result: dict[str, float] = {}
         if self.ctx.is_main:
-            result = evaluate_split(
-                self.model,
-                self.job.valid_url,
-                self.fmap,
-                batch_size=self.spec.batch_size,
-                device=self.ctx.device,
-                pool=self.spec.reader_pool,
-                workers=self.spec.reader_workers,
-            )
+            spec = self.spec
+            read = {"pool": spec.reader_pool, "workers": spec.reader_workers}
+            size = self.job.valid_rows * bytes_per_row(self.fmap)
+            if self.valid_rows is None and 0 < size <= spec.valid_cache_mb * 2**20:
+                self.valid_rows = read_shard(self.job.valid_url, self.fmap, **read)
+            if self.valid_rows is not None:
+                batches = batches_of(self.valid_rows, spec.batch_size)
+                result = evaluate_batches(self.model, batches, self.ctx.device)
+            else:
+                result = evaluate_split(
+                    self.model,
+                    self.job.valid_url,
+                    self.fmap,
+                    batch_size=spec.batch_size,
+                    device=self.ctx.device,
+                    **read,
+                )
         return self.ctx.broadcast(result)
 
     def _state(self, epoch: int, rng: list[dict[str, Any]]) -> dict[str, Any]:
