@@ -29,3 +29,11 @@ def test_auto_leaves_the_reader_a_core_but_ffm_keeps_every_core(four_threads) ->
 def test_explicit_threads_win_and_auto_leaves_distributed_workers_alone() -> None:
     assert intra_op_threads(TrainSpec(threads=2), "ffm", True) == 2
     assert intra_op_threads(TrainSpec(), "fm", True) is None
+
+
+def test_a_worker_training_from_memory_keeps_every_core(four_threads) -> None:
+    # No Petastorm feed runs during its epochs, so there is no reader to leave a core to.
+    auto = TrainSpec()
+    for model in ("lr", "fm", "fwfm", "poly2", "ffm"):
+        assert intra_op_threads(auto, model, False, streams=False) is None
+    assert intra_op_threads(TrainSpec(threads=1), "fm", False, streams=False) == 1

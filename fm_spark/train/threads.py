@@ -1,16 +1,26 @@
 """How many intra-op threads torch gets in a CPU worker.
 
-The Petastorm reader decodes row groups in its own threads and a prefetch thread turns them
-into tensors; torch's default of one intra-op thread per core leaves them no core, and the
-small ops of an LR/FM/FwFM step gain less from a second thread than the feed loses. FFM's pair
-kernel is the step's bulk and parallel, so it keeps every core. Measured on 2 cores, median
-epoch seconds over 2-3 runs, 1 thread against 2 (README, Training):
+While the train split streams, the Petastorm reader decodes row groups in its own threads and
+a prefetch thread turns them into tensors; torch's default of one intra-op thread per core
+leaves them no core, and the small ops of an LR/FM/FwFM step gain less from a second thread
+than the feed loses. FFM's pair kernel is the step's bulk and parallel, so it keeps every
+core. Measured on 2 cores, median epoch seconds over 2-3 runs, 1 thread against 2 (README,
+Training):
 
 | data, model | 1 | 2 |
 |---|---:|---:|
 | MovieLens, LR / FwFM | 0.19 / 0.47 | 0.23 / 0.60 |
 | generated 200K, LR / FM / FwFM | 0.52 / 1.21 / 2.33 | 0.65 / 1.51 / 2.37 |
 | generated 200K, FFM | 3.03 | 2.66 |
+
+A shard trained from memory (:mod:`fm_spark.data.in_memory`) has no feed to leave a core to:
+every model keeps them all. Same measure, epochs 2-4 of 3 runs each in one process
+(2026-12-07, a faster machine than the table above's):
+
+| data, model, from memory | 1 | 2 |
+|---|---:|---:|
+| MovieLens, LR / FM / FwFM | 0.070 / 0.137 / 0.178 | 0.068 / 0.136 / 0.182 |
+| generated 100K, LR / FM / FwFM | 0.099 / 0.351 / 0.685 | 0.092 / 0.270 / 0.503 |
 """
 
 from __future__ import annotations
@@ -25,16 +35,19 @@ __all__ = ["intra_op_threads"]
 _KERNEL_BOUND = frozenset({"ffm"})
 
 
-def intra_op_threads(spec: TrainSpec, model: str, distributed: bool) -> int | None:
+def intra_op_threads(
+    spec: TrainSpec, model: str, distributed: bool, streams: bool = True
+) -> int | None:
     """The thread count to set, or None to leave torch's (or the launcher's) choice alone.
 
     ``train.threads`` > 0 is taken as given. Auto (0) takes one thread from what torch would
     use (its default: one per core, or what an in-process caller set), for one CPU worker
-    only: TorchDistributor's launcher already gives each of several workers one thread.
-    The trainer restores the caller's count when the run ends.
+    whose train split ``streams`` through Petastorm only: TorchDistributor's launcher already
+    gives each of several workers one thread. The trainer restores the caller's count when
+    the run ends.
     """
     if spec.threads > 0:
         return spec.threads
-    if distributed or model in _KERNEL_BOUND:
+    if distributed or model in _KERNEL_BOUND or not streams:
         return None
     return max(1, torch.get_num_threads() - 1)

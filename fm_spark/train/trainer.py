@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fm_spark.config import DatasetConfig
+from fm_spark.config import DatasetConfig, TrainSpec
 from fm_spark.data.in_memory import batches_of, bytes_per_row, read_shard
 from fm_spark.data.reader import Batch, open_batches, petastorm_seed
 from fm_spark.features.feature_map import FeatureMap
@@ -94,6 +94,11 @@ class WorkerJob:
     # the module docstring. Called on rank 0 only.
     callbacks: tuple[Any, ...] = ()
 
+    def trains_from_memory(self, spec: TrainSpec) -> bool:
+        """Whether every worker's shard fits the shuffling buffer, so is read once and
+        permuted in memory each epoch (:meth:`Trainer._train_batches`)."""
+        return 0 < self.train_shard_rows <= spec.shuffle_buffer
+
 
 def train_worker(job: WorkerJob) -> dict[str, Any]:
     """Train on this worker's shard; rank 0 writes checkpoints. Returns the run summary.
@@ -104,7 +109,9 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     setup_logging()
     cfg = DatasetConfig.model_validate(job.config)
     ctx = WorkerContext.start(cfg.train.device, job.distributed)
-    threads = intra_op_threads(cfg.train, job.model, ctx.distributed)
+    threads = intra_op_threads(
+        cfg.train, job.model, ctx.distributed, streams=not job.trains_from_memory(cfg.train)
+    )
     before = torch.get_num_threads()
     if threads is not None and ctx.device.type == "cpu":
         torch.set_num_threads(threads)
@@ -295,7 +302,7 @@ class Trainer:
         shard = {"cur_shard": ctx.rank, "shard_count": ctx.world_size}
         read = {"pool": spec.reader_pool, "workers": spec.reader_workers}
         pin = ctx.device.type == "cuda"
-        if 0 < self.job.train_shard_rows <= spec.shuffle_buffer:
+        if self.job.trains_from_memory(spec):
             if self.train_rows is None:
                 self.train_rows = read_shard(self.job.train_url, self.fmap, **shard, **read)
             size = self.job.worker_batch_size
