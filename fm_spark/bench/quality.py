@@ -173,6 +173,13 @@ def _score(model: Any, frame: Any) -> dict[str, float]:
     return evaluate(pdf["label"].to_numpy(), np.log(p / (1 - p)))
 
 
+def _timed_fit(cls: Any, params: dict[str, Any], train: Any) -> tuple[Any, float]:
+    """An MLlib model fitted on ``train`` and the seconds its ``fit`` took."""
+    start = time.perf_counter()
+    model = cls(featuresCol="features", labelCol="label", **params).fit(train)
+    return model, time.perf_counter() - start
+
+
 def _mllib(frames: dict[str, Any], repeats: int) -> dict[str, dict[str, Any]]:
     """Each MLlib model's grid, picked on valid; the chosen point is fitted ``repeats`` times
     in all and its median fit time kept (its seed is fixed, so the model is the same)."""
@@ -190,20 +197,16 @@ def _mllib(frames: dict[str, Any], repeats: int) -> dict[str, dict[str, Any]]:
     ):
         best = None
         for params in grid:
-            est = cls(featuresCol="features", labelCol="label", **fixed, **params)
-            start = time.perf_counter()
-            model = est.fit(frames["train"])
-            seconds = time.perf_counter() - start
+            model, seconds = _timed_fit(cls, {**fixed, **params}, frames["train"])
             valid = _score(model, frames["valid"])
             if best is None or valid["auc"] > best[0]:
                 best = (valid["auc"], params, seconds, model)
         _, params, seconds, model = best
-        times = [seconds]
-        for _ in range(repeats - 1):
-            est = cls(featuresCol="features", labelCol="label", **fixed, **params)
-            start = time.perf_counter()
-            est.fit(frames["train"])
-            times.append(time.perf_counter() - start)
+        chosen = {**fixed, **params}
+        times = [
+            seconds,
+            *(_timed_fit(cls, chosen, frames["train"])[1] for _ in range(repeats - 1)),
+        ]
         test = _score(model, frames["test"])
         shown = ", ".join(f"{k}={v:g}" for k, v in params.items())
         fits = ", ".join(f"{t:.1f}" for t in times)

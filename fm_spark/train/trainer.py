@@ -300,7 +300,7 @@ class Trainer:
         spec, ctx = self.spec, self.ctx
         seed = petastorm_seed(spec.seed, epoch)
         shard = {"cur_shard": ctx.rank, "shard_count": ctx.world_size}
-        read = {"pool": spec.reader_pool, "workers": spec.reader_workers}
+        read = self._reader_options()
         pin = ctx.device.type == "cuda"
         if self.job.trains_from_memory(spec):
             if self.train_rows is None:
@@ -319,6 +319,10 @@ class Trainer:
             **read,
         )
 
+    def _reader_options(self) -> dict[str, Any]:
+        """The Petastorm reader settings every pass of this run uses."""
+        return {"pool": self.spec.reader_pool, "workers": self.spec.reader_workers}
+
     def _exact(self, batches: Iterator[Batch], steps: int) -> Iterator[Batch]:
         """Exactly ``steps`` full batches; a shard that runs dry is an error, not a hang."""
         for step in range(1, steps + 1):
@@ -335,8 +339,7 @@ class Trainer:
         """Rank 0 scores the validation split; every rank gets the same numbers."""
         result: dict[str, float] = {}
         if self.ctx.is_main:
-            spec = self.spec
-            read = {"pool": spec.reader_pool, "workers": spec.reader_workers}
+            spec, read = self.spec, self._reader_options()
             size = self.job.valid_rows * bytes_per_row(self.fmap)
             if self.valid_rows is None and 0 < size <= spec.valid_cache_mb * 2**20:
                 self.valid_rows = read_shard(self.job.valid_url, self.fmap, **read)
