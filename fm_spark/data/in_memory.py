@@ -5,7 +5,8 @@ each of them. When a worker's shard is no larger than the shuffling buffer, Peta
 ``BatchedDataLoader`` holds the whole shard before it hands out the first batch anyway, so an
 epoch is already a uniform random permutation of it; reading the shard once and permuting it
 in memory gives the same distribution of batches, with the same memory, without re-opening a
-reader and decoding every row group each epoch (a fifth of an FwFM epoch on MovieLens-100K).
+reader and decoding every row group each epoch (on MovieLens-100K, cProfile of an FwFM run:
+the reader's opens and the wait for its batches were 0.12 s of a 0.53 s epoch).
 The permutation is drawn from the epoch's seed alone, so a resumed epoch replays exactly.
 """
 

@@ -14,8 +14,9 @@ Training):
 | generated 200K, FFM | 3.03 | 2.66 |
 
 A shard trained from memory (:mod:`fm_spark.data.in_memory`) has no feed to leave a core to:
-every model keeps them all. Same measure, epochs 2-4 of 3 runs each in one process
-(2026-12-07, a faster machine than the table above's):
+every model keeps them all. Same measure: the median `seconds` of epochs 2-4 of
+``train(...)`` with ``--set train.epochs=4 --set train.threads=1`` against ``=2``, 3 runs each
+in one process (2026-12-07, a faster machine than the table above's):
 
 | data, model, from memory | 1 | 2 |
 |---|---:|---:|
