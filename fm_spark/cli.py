@@ -59,7 +59,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--format", "fmt", default="criteo", show_default=True, help="Log format.")
+@click.option(
+    "--format",
+    "fmt",
+    default="criteo",
+    show_default=True,
+    help="Log format: criteo (39 fields, no header) or context (12 fields, a header; make demo's).",
+)
 @click.option("--rows", type=click.IntRange(min=1), required=True, help="Good rows to write.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="Log file.")
@@ -309,7 +315,7 @@ def score(
 )
 @_set_option
 def demo(workdir: str, rows: int, model: str, overrides: tuple[str, ...]) -> None:
-    """Generate a Criteo-format log, featurize it, train a model and an LR baseline."""
+    """Generate an ad-context log, featurize it, train a model and an LR baseline."""
     from fm_spark.demo import check_args, run_demo
 
     check_args(Path(workdir), rows, model)

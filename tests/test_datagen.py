@@ -231,3 +231,43 @@ def test_cli(tmp_path: Path) -> None:
     assert len(_lines(out)) == 330
     result = CliRunner().invoke(main, [*args, "--format", "nope"])
     assert result.exit_code != 0 and "unknown log format" in result.output
+
+
+def test_context_format_matches_its_config_and_plants_interactions(tmp_path: Path) -> None:
+    """``make demo``'s log: the header is conf/context.yaml's column list, every bad line is
+    broken in exactly one way, and the planted interactions carry most of the signal."""
+    from fm_spark.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "conf" / "context.yaml")
+    path = tmp_path / "ctx.tsv"
+    summary = generate("context", ROWS, SEED, path, bad_fraction=BAD_FRACTION)
+    header, *lines = _lines(path)
+    columns = cfg.input.columns
+    assert header.decode().split("\t") == columns
+    assert summary["columns"] == len(columns) and summary["total_lines"] == len(lines) + 1
+    n_ints = sum(f.kind == "numeric" for f in cfg.fields)
+    kinds: dict[str, int] = dict.fromkeys(BAD_KINDS, 0)
+    good = 0
+    for line in lines:
+        found = set()
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            found.add("undecodable")
+        cols = line.decode("utf-8", errors="replace").encode("utf-8").split(b"\t")
+        if len(cols) != len(columns):
+            found.add("wrong_column_count")
+        if cols[0] not in (b"0", b"1"):
+            found.add("bad_label")
+        if any(c and not INT_RE.fullmatch(c) for c in cols[1 : 1 + n_ints]):
+            found.add("bad_int")
+        assert len(found) <= 1, (line, found)
+        for kind in found:
+            kinds[kind] += 1
+        good += not found
+    assert good == ROWS and kinds == summary["bad_lines"]
+    oracle = summary["oracle"]
+    assert oracle["auc"] - oracle["main_effects_auc"] > 0.1  # what only FM/FFM can learn
+    again = tmp_path / "again.tsv"
+    generate("context", ROWS, SEED, again, bad_fraction=BAD_FRACTION)
+    assert again.read_bytes() == path.read_bytes()

@@ -50,6 +50,11 @@ def test_demo_trains_the_model_and_a_baseline(demo_dir) -> None:
     for model in ("ffm", "lr"):
         assert (workdir / "runs" / model / "model.pt").exists()
     assert result["train"]["test"]["auc"] > 0.6 and result["baseline"]["model"] == "lr"
+    # Every malformed line the generator planted was quarantined under its own reason.
+    quarantined = result["featurize"]["quarantined_by_reason"]
+    assert {k: quarantined[k] for k in result["generate"]["bad_lines"]} == result["generate"][
+        "bad_lines"
+    ]
 
 
 def test_second_demo_replaces_its_runs_from_another_directory(
@@ -93,7 +98,7 @@ def test_small_log_has_row_groups_for_workers(demo_dir) -> None:
 
 def test_two_workers_on_a_20k_row_log_just_work(demo_dir, tmp_path: Path) -> None:
     workdir, _ = demo_dir
-    args = ["train", "--config", str(ROOT / "conf" / "criteo.yaml"), "--model", "fm"]
+    args = ["train", "--config", str(ROOT / "conf" / "context.yaml"), "--model", "fm"]
     args += ["--data", str(workdir / "features"), "--output", str(tmp_path / "run")]
     args += ["--workers", "2", "--set", "train.epochs=1", "--set", "train.device=cpu"]
     result = CliRunner().invoke(main, args)
