@@ -528,7 +528,7 @@ class _CriteoFormat(_TabFormat):
 
 class _ContextFormat(_TabFormat):
     """An ad-context log (tab-separated, with a header): who saw which ad, where and when, in
-    10 categorical fields of 5-400 values and 2 counts, with 6 interacting field pairs.
+    10 categorical fields of 5-200 values and 2 counts, with 6 interacting field pairs.
 
     The few-field counterpart of the Criteo shape, which ``make demo`` uses: every value is
     seen often enough in 1e5 rows that the planted model can be learned almost whole, so the
@@ -542,10 +542,10 @@ class _ContextFormat(_TabFormat):
         "user_segment", "ad", "advertiser", "site_category", "hour", "weekday",
         "device", "os", "country", "slot",
     )  # fmt: skip
-    cardinalities = (200, 400, 60, 30, 24, 7, 5, 9, 60, 12)
+    cardinalities = (100, 200, 40, 30, 24, 7, 5, 9, 40, 12)
     int_names = ("clicks_7d", "pageviews")
     integers = ((0.30, 0.50, 0.8, 1.0), (0.05, 0.05, 2.0, 1.2))
-    interaction_cardinality = (5, 400)
+    interaction_cardinality = (5, 200)
     interaction_pairs = 6
     interaction_scale = 0.6
     cat_weight_scale = 0.4

@@ -28,7 +28,7 @@ MARKER = ".fm-spark-demo"
 # Below this many rows an epoch is a handful of steps and the planted interactions' vectors,
 # 4 numbers per value and field pair, are seen too rarely to be learned.
 MIN_ROWS = 20_000
-# The demo's log: `fm-spark generate --format context` (12 fields of at most 400 values, 6
+# The demo's log: `fm-spark generate --format context` (12 fields of at most 200 values, 6
 # planted interacting pairs), whose planted model 200K rows determine almost whole. On the
 # Criteo shape (39 fields, 114k values) no model of the family, not even one given the planted
 # pairs, comes within 0.025 of the planted AUC at that size (README, Defaults).
