@@ -20,7 +20,7 @@ INT_RE = re.compile(rb"-?[0-9]+")
 TOKEN_RE = re.compile(r"[0-9a-f]{8}")
 
 
-def _reasons(line: bytes) -> set[str]:
+def _reasons(line: bytes, n_columns: int = N_COLUMNS, n_ints: int = 13) -> set[str]:
     """Every quarantine rule a line trips, each checked on its own (not first-match)."""
     reasons = set()
     try:
@@ -29,11 +29,11 @@ def _reasons(line: bytes) -> set[str]:
         reasons.add("undecodable")
     # The other rules look at the line as a replacing decoder would hand it over.
     cols = line.decode("utf-8", errors="replace").encode("utf-8").split(b"\t")
-    if len(cols) != N_COLUMNS:
+    if len(cols) != n_columns:
         reasons.add("wrong_column_count")
     if cols[0] not in (b"0", b"1"):
         reasons.add("bad_label")
-    if any(c and not INT_RE.fullmatch(c) for c in cols[1:14]):
+    if any(c and not INT_RE.fullmatch(c) for c in cols[1 : 1 + n_ints]):
         reasons.add("bad_int")
     return reasons
 
@@ -249,18 +249,7 @@ def test_context_format_matches_its_config_and_plants_interactions(tmp_path: Pat
     kinds: dict[str, int] = dict.fromkeys(BAD_KINDS, 0)
     good = 0
     for line in lines:
-        found = set()
-        try:
-            line.decode("utf-8")
-        except UnicodeDecodeError:
-            found.add("undecodable")
-        cols = line.decode("utf-8", errors="replace").encode("utf-8").split(b"\t")
-        if len(cols) != len(columns):
-            found.add("wrong_column_count")
-        if cols[0] not in (b"0", b"1"):
-            found.add("bad_label")
-        if any(c and not INT_RE.fullmatch(c) for c in cols[1 : 1 + n_ints]):
-            found.add("bad_int")
+        found = _reasons(line, len(columns), n_ints)
         assert len(found) <= 1, (line, found)
         for kind in found:
             kinds[kind] += 1
