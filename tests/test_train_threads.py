@@ -37,3 +37,13 @@ def test_a_worker_training_from_memory_keeps_every_core(four_threads) -> None:
     for model in ("lr", "fm", "fwfm", "poly2", "ffm"):
         assert intra_op_threads(auto, model, False, streams=False) is None
     assert intra_op_threads(TrainSpec(threads=1), "fm", False, streams=False) == 1
+
+
+def test_small_steps_from_memory_take_one_thread_but_ffm_keeps_every_core(four_threads) -> None:
+    auto = TrainSpec()
+    movielens, generated = 1024 * 13, 1024 * 39  # ids per step: batch x id columns
+    for model in ("lr", "fm", "fwfm", "poly2"):
+        assert intra_op_threads(auto, model, False, streams=False, ids_per_step=movielens) == 1
+        assert intra_op_threads(auto, model, False, streams=False, ids_per_step=generated) is None
+    assert intra_op_threads(auto, "ffm", False, streams=False, ids_per_step=movielens) is None
+    assert intra_op_threads(TrainSpec(threads=2), "fm", False, False, ids_per_step=10) == 2

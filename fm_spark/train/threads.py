@@ -22,6 +22,13 @@ in one process (2026-12-07, a faster machine than the table above's):
 |---|---:|---:|
 | MovieLens, LR / FM / FwFM | 0.070 / 0.137 / 0.178 | 0.068 / 0.136 / 0.182 |
 | generated 100K, LR / FM / FwFM | 0.099 / 0.351 / 0.685 | 0.092 / 0.270 / 0.503 |
+
+Except on small steps: a MovieLens batch (1,024 x 13 ids) gains nothing from the second
+thread when the machine is quiet (above) and loses when it is not, since every op's
+threads wait for the slowest one. In the quality benchmark's process (a Spark JVM beside
+it, after MLlib's fits) FwFM's 3 runs took 1.1-1.5 s to their best epoch with 2 threads and
+1.0-1.05 s with 1 (2026-12-08, three rounds). So a step of fewer than
+:data:`SMALL_STEP_IDS` ids (generated 100K: 1,024 x 39 = 39,936) runs on one thread.
 """
 
 from __future__ import annotations
@@ -34,21 +41,32 @@ __all__ = ["intra_op_threads"]
 
 # Models whose step is bound by a parallel kernel, not by the feed.
 _KERNEL_BOUND = frozenset({"ffm"})
+# Ids per step (batch rows x id columns) below which a step from memory keeps one thread:
+# torch splits an elementwise op between threads in chunks of 32,768 elements.
+SMALL_STEP_IDS = 32_768
 
 
 def intra_op_threads(
-    spec: TrainSpec, model: str, distributed: bool, streams: bool = True
+    spec: TrainSpec,
+    model: str,
+    distributed: bool,
+    streams: bool = True,
+    ids_per_step: int | None = None,
 ) -> int | None:
     """The thread count to set, or None to leave torch's (or the launcher's) choice alone.
 
     ``train.threads`` > 0 is taken as given. Auto (0) takes one thread from what torch would
     use (its default: one per core, or what an in-process caller set), for one CPU worker
     whose train split ``streams`` through Petastorm only: TorchDistributor's launcher already
-    gives each of several workers one thread. The trainer restores the caller's count when
-    the run ends.
+    gives each of several workers one thread. A worker training from memory keeps every
+    core, or one when its steps have fewer than :data:`SMALL_STEP_IDS` ids. The trainer
+    restores the caller's count when the run ends.
     """
     if spec.threads > 0:
         return spec.threads
-    if distributed or model in _KERNEL_BOUND or not streams:
+    if distributed or model in _KERNEL_BOUND:
         return None
+    if not streams:
+        small = ids_per_step is not None and ids_per_step < SMALL_STEP_IDS
+        return 1 if small else None
     return max(1, torch.get_num_threads() - 1)

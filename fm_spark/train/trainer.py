@@ -110,7 +110,11 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
     cfg = DatasetConfig.model_validate(job.config)
     ctx = WorkerContext.start(cfg.train.device, job.distributed)
     threads = intra_op_threads(
-        cfg.train, job.model, ctx.distributed, streams=not job.trains_from_memory(cfg.train)
+        cfg.train,
+        job.model,
+        ctx.distributed,
+        streams=not job.trains_from_memory(cfg.train),
+        ids_per_step=job.worker_batch_size * FeatureMap.load(job.feature_map).num_columns,
     )
     before = torch.get_num_threads()
     if threads is not None and ctx.device.type == "cpu":
