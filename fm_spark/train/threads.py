@@ -26,8 +26,8 @@ in one process (2026-12-07, a faster machine than the table above's):
 Except on small steps: a MovieLens batch (1,024 x 13 ids) gains nothing from the second
 thread when the machine is quiet (above) and loses when it is not, since every op's
 threads wait for the slowest one. In the quality benchmark's process (a Spark JVM beside
-it, after MLlib's fits) FwFM's 3 runs took 1.1-1.5 s to their best epoch with 2 threads and
-1.0-1.05 s with 1 (2026-12-08, three rounds). So a step of fewer than
+it, after MLlib's fits) FwFM's runs took 0.98-1.49 s to their best epoch with 2 threads and
+0.98-1.05 s with 1 (2026-12-08, two rounds of 3 runs each). So a step of fewer than
 :data:`SMALL_STEP_IDS` ids (generated 100K: 1,024 x 39 = 39,936) runs on one thread.
 """
 
