@@ -221,6 +221,13 @@ def train(
         train_shard_rows=max(layouts["train"].shard_rows(spec.workers)),
         valid_rows=layouts["valid"].rows,
     )
+    # The first torch optimizer a process builds imports torch._dynamo (1.4 s on 2 cores,
+    # `python -X importtime`): a one-time library load like importing torch itself, which
+    # happens before the clock too, so that train_seconds is training in a fresh process as
+    # in a long-lived one (a fresh `fm-spark train` of FwFM on MovieLens: 2.5 s to its best
+    # epoch with it, of which 1.1 s epochs). Workers TorchDistributor starts still load it.
+    import torch._dynamo  # noqa: F401
+
     started = time.perf_counter()
     summary = _run_workers(job, spec.workers, spec.device)
     train_seconds = time.perf_counter() - started
