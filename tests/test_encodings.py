@@ -81,6 +81,8 @@ def test_serving_imports_no_spark():
         "fm_spark.features.spec",
         "fm_spark.features.feature_map",
         "fm_spark.models",
+        "fm_spark.registry.scorer",
+        "fm_spark.registry.pyfunc",
         *[
             m.name
             for m in pkgutil.walk_packages(encodings_pkg.__path__, "fm_spark.features.encodings.")

@@ -7,9 +7,11 @@ column of raw log lines) and returns ``probability`` and ``reason`` per row.
 
 Nothing here imports pyspark: a serving process (``mlflow models serve``, a notebook, a
 batch job's executor) needs only the package's serving side. MLflow itself does
-``try: import pyspark`` (``mlflow.types.schema``) wherever pyspark is installed, so in this
-project's venv importing this module loads pyspark through MLflow; a serving image without
-pyspark loads and predicts all the same (``tests/test_registry_pyfunc.py`` blocks pyspark).
+``try: import pyspark`` (``mlflow.types.schema``) wherever pyspark is installed, so the
+``PythonModel`` subclass is built on first use (:func:`__getattr__`): importing this module
+loads neither MLflow nor, through it, pyspark. MLflow's loader, which has imported MLflow
+already, finds the class by name as usual; a serving image without pyspark loads and
+predicts all the same (``tests/test_registry_pyfunc.py`` blocks pyspark).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
 import pandas as pd
 
 from fm_spark.registry.scorer import (
@@ -31,23 +32,45 @@ from fm_spark.registry.scorer import (
     Scorer,
 )
 
-__all__ = ["ARTIFACT_KEYS", "CTRModel", "build_bundle", "input_example", "signature"]
+# CTRModel is served by the module __getattr__ below.
+__all__ = ["ARTIFACT_KEYS", "CTRModel", "build_bundle", "input_example", "signature"]  # noqa: F822
 
 ARTIFACT_KEYS = {FEATURES_DIR: FEATURES_DIR, "spec": MODEL_SPEC_FILE, "weights": WEIGHTS_FILE}
 _FEATURE_FILES = ("feature_map.json", "_SUCCESS")
 
 
-class CTRModel(mlflow.pyfunc.PythonModel):
-    """Raw log rows in, click probability and a per-row reason out."""
+_classes: dict[str, type] = {}
 
-    def load_context(self, context: Any) -> None:
-        arts = context.artifacts
-        self.scorer = Scorer(arts[FEATURES_DIR], arts["spec"], arts["weights"])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        return self.scorer.score(model_input)
+def __getattr__(name: str) -> Any:
+    """``CTRModel``, built once on first access (module ``__getattr__``, PEP 562)."""
+    if name != "CTRModel":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _classes:
+        _classes[name] = _ctr_model_class()
+    return _classes[name]
+
+
+def _ctr_model_class() -> type:
+    import mlflow.pyfunc
+
+    class CTRModel(mlflow.pyfunc.PythonModel):
+        """Raw log rows in, click probability and a per-row reason out."""
+
+        def load_context(self, context: Any) -> None:
+            arts = context.artifacts
+            self.scorer = Scorer(arts[FEATURES_DIR], arts["spec"], arts["weights"])
+
+        def predict(
+            self, context: Any, model_input: pd.DataFrame, params: Any = None
+        ) -> pd.DataFrame:
+            if not isinstance(model_input, pd.DataFrame):
+                model_input = pd.DataFrame(model_input)
+            return self.scorer.score(model_input)
+
+    # Pickled by reference (module + name), as a class defined at module level would be.
+    CTRModel.__qualname__ = "CTRModel"
+    return CTRModel
 
 
 def build_bundle(features_dir: str, run_dir: str | Path, target: str | Path) -> dict[str, str]:
