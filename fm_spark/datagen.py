@@ -143,7 +143,7 @@ class _PlantedModel:
     dim: int
     interaction_scale: float
     token_scheme: str
-    interaction_cardinality: tuple[int, int] = (0, 0)
+    interaction_cardinality: tuple[int, int]  # the fields the pairs were drawn among
 
     def sample(self, rng: np.random.Generator, n: int) -> _Sample:
         cat = np.empty((len(self.categorical), n), dtype=np.int32)
@@ -364,7 +364,7 @@ class _TabFormat:
     """
 
     name: str
-    header: bytes | None = None
+    has_header: bool = False  # a first line naming the columns
     cat_names: tuple[str, ...]
     cardinalities: tuple[int, ...]
     sparse_fields: ClassVar[dict[int, float]] = {}
@@ -382,6 +382,12 @@ class _TabFormat:
     @property
     def num_columns(self) -> int:
         return 1 + len(self.int_names) + len(self.cat_names)
+
+    @property
+    def header(self) -> bytes | None:
+        if not self.has_header:
+            return None
+        return ("\t".join(("label", *self.int_names, *self.cat_names)) + "\n").encode()
 
     def build_model(
         self, rng: np.random.Generator, calib_rng: np.random.Generator
@@ -538,6 +544,7 @@ class _ContextFormat(_TabFormat):
     """
 
     name = "context"
+    has_header = True
     cat_names = (
         "user_segment", "ad", "advertiser", "site_category", "hour", "weekday",
         "device", "os", "country", "slot",
@@ -550,10 +557,6 @@ class _ContextFormat(_TabFormat):
     interaction_scale = 0.6
     cat_weight_scale = 0.4
     int_weight_scale = 0.28
-
-    @property
-    def header(self) -> bytes:
-        return ("\t".join(("label", *self.int_names, *self.cat_names)) + "\n").encode()
 
 
 _FORMATS: dict[str, Callable[[], _Format]] = {"criteo": _CriteoFormat, "context": _ContextFormat}

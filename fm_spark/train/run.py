@@ -220,6 +220,7 @@ def train(
         callbacks=tuple(callbacks),
         train_shard_rows=max(layouts["train"].shard_rows(spec.workers)),
         valid_rows=layouts["valid"].rows,
+        num_columns=fmap.num_columns,
     )
     # The first torch optimizer a process builds imports torch._dynamo (1.4 s on 2 cores,
     # `python -X importtime`): a one-time library load like importing torch itself, which

@@ -90,6 +90,9 @@ class WorkerJob:
     # train.valid_cache_mb (0: unknown, read them from Parquet every epoch).
     train_shard_rows: int = 0
     valid_rows: int = 0
+    # Id columns of a row (the feature map's): with worker_batch_size, the ids a step takes,
+    # which decide train.threads auto (0: unknown).
+    num_columns: int = 0
     # Picklable objects with on_epoch_end(epoch, record) and/or on_train_end(summary): see
     # the module docstring. Called on rank 0 only.
     callbacks: tuple[Any, ...] = ()
@@ -114,7 +117,7 @@ def train_worker(job: WorkerJob) -> dict[str, Any]:
         job.model,
         ctx.distributed,
         streams=not job.trains_from_memory(cfg.train),
-        ids_per_step=job.worker_batch_size * FeatureMap.load(job.feature_map).num_columns,
+        ids_per_step=job.worker_batch_size * job.num_columns or None,
     )
     before = torch.get_num_threads()
     if threads is not None and ctx.device.type == "cpu":
